@@ -1,0 +1,147 @@
+"""Checkpoint loading: the release layout (one flat state_dict file + config.json beside it), strictly.
+
+Nothing in a checkpoint is executed: files are read with `torch.load(weights_only=True)`, memory-mapped so a 2 GB
+file costs no copy before the weights are used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import ARTalkConfig
+from .errors import FlameTalkError
+from .model.artalk import ARTalkModel
+
+CONFIG_NAME = "config.json"
+RELEASE_WEIGHTS_NAME = "ARTalk_wav2vec.pt"
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Present only when the encoder's config masks time steps during pre-training; never used at inference.
+OPTIONAL_KEYS = ("audio_encoder.masked_spec_embed",)
+# torch/transformers version differences in the positional-convolution weight norm's parameter names.
+WEIGHT_NORM_SPELLINGS = {
+    ".weight_g": ".parametrizations.weight.original0",
+    ".weight_v": ".parametrizations.weight.original1",
+}
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """A checkpoint folder or its weights file -> (weights file, config.json)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidates = sorted(p for p in path.iterdir() if p.suffix in WEIGHTS_SUFFIXES and p.is_file())
+        if (path / RELEASE_WEIGHTS_NAME).is_file():
+            candidates = [path / RELEASE_WEIGHTS_NAME]
+        if not candidates:
+            raise FlameTalkError(
+                f"no weights file (*.pt) in checkpoint folder {path}; put {RELEASE_WEIGHTS_NAME} and {CONFIG_NAME} "
+                "there (python -m flametalk assets download)"
+            )
+        if len(candidates) > 1:
+            names = ", ".join(p.name for p in candidates)
+            raise FlameTalkError(f"checkpoint folder {path} holds several weight files ({names}); keep one")
+        weights = candidates[0]
+    elif path.is_file():
+        weights = path
+    else:
+        raise FlameTalkError(
+            f"checkpoint not found: {path}; pass the folder holding {RELEASE_WEIGHTS_NAME} and {CONFIG_NAME} "
+            "(python -m flametalk assets download fetches them)"
+        )
+    config = weights.parent / CONFIG_NAME
+    if not config.is_file():
+        raise FlameTalkError(f"{CONFIG_NAME} missing beside {weights}; put the release's {CONFIG_NAME} there")
+    return weights, config
+
+
+def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        # mmap needs the zip format; older single-blob files can still be read (still weights_only).
+        try:
+            obj = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise _unreadable(weights, err) from err
+    except Exception as err:
+        raise _unreadable(weights, err) from err
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # training checkpoints wrap the flat dict
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FlameTalkError(f"{weights} is not a state_dict (a flat dict of tensors); is it the right file?")
+    return obj
+
+
+def _unreadable(weights: Path, err: Exception) -> FlameTalkError:
+    return FlameTalkError(
+        f"cannot read checkpoint {weights} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+        "the file is damaged or not a torch checkpoint: download it again"
+    )
+
+
+def normalize_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Map either weight-norm spelling onto the one this torch uses; drop optional keys the model lacks."""
+    out: dict[str, torch.Tensor] = {}
+    reverse = {v: k for k, v in WEIGHT_NORM_SPELLINGS.items()}
+    for key, tensor in state.items():
+        if key not in expected:
+            for a, b in list(WEIGHT_NORM_SPELLINGS.items()) + list(reverse.items()):
+                if key.endswith(a) and key[: -len(a)] + b in expected:
+                    key = key[: -len(a)] + b
+                    break
+        if key in OPTIONAL_KEYS and key not in expected:
+            continue
+        out[key] = tensor
+    return out
+
+
+def check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], source: str) -> None:
+    missing = [k for k in expected if k not in state and k not in OPTIONAL_KEYS]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(s)}" for k, s in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(s)]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise FlameTalkError(
+            f"{source} does not match its config.json ({'; '.join(problems)}); use the config.json that came "
+            "with these weights"
+        )
+
+
+def build_model(cfg: ARTalkConfig, device: str | torch.device = "meta") -> ARTalkModel:
+    """The architecture without weights (meta: instant, no memory) or randomly initialised on a real device."""
+    with torch.device(device):
+        model = ARTalkModel(cfg)
+    return model.eval()
+
+
+def expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> ARTalkModel:
+    """Load a checkpoint folder (or weights file) into an eval-mode model on `device`."""
+    weights, config_path = resolve_checkpoint(path)
+    cfg = ARTalkConfig.from_json_file(config_path)
+    state = read_state_dict(weights)
+    return model_from_state_dict(cfg, state, device=device, dtype=dtype, source=str(weights))
+
+
+def model_from_state_dict(cfg: ARTalkConfig, state: dict[str, torch.Tensor], device: str | torch.device = "cpu",
+                          dtype: torch.dtype = torch.float32, source: str = "state_dict") -> ARTalkModel:
+    model = build_model(cfg, "meta")
+    expected = expected_shapes(model)
+    state = normalize_keys(state, expected)
+    check_keys(state, expected, source)
+    # Floating tensors in the model's dtype (fp16-stored test vectors are cast up); integer buffers stay as they are.
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    if "audio_encoder.masked_spec_embed" in expected and "audio_encoder.masked_spec_embed" not in state:
+        state["audio_encoder.masked_spec_embed"] = torch.zeros(expected["audio_encoder.masked_spec_embed"], dtype=dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device).eval().requires_grad_(False)

@@ -1,0 +1,48 @@
+"""Audio encoders (transformers' wav2vec2 / HuBERT, built offline from a config dict) and the windowed feature call."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import FlameTalkError
+
+NORM_EPS = 1e-6  # added to the per-window standard deviation (the release's value)
+
+
+def build_audio_encoder(kind: str, config_kwargs: dict[str, Any]) -> nn.Module:
+    """Build the encoder's architecture from keyword arguments of its transformers config. Nothing is downloaded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "wav2vec":
+            from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+            return Wav2Vec2Model(Wav2Vec2Config(**config_kwargs))
+        if kind == "hubert":
+            from transformers import HubertConfig, HubertModel
+
+            return HubertModel(HubertConfig(**config_kwargs))
+    raise FlameTalkError(f"unknown audio encoder {kind!r}; use 'wav2vec' or 'hubert'")
+
+
+def normalize_windows(audio_BN: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit (unbiased) std per window, padding included, as the release does before its encoder."""
+    mean = audio_BN.mean(dim=-1, keepdim=True)
+    std = audio_BN.std(dim=-1, keepdim=True)
+    return (audio_BN - mean) / (std + NORM_EPS)
+
+
+def encode_audio_windows(encoder: nn.Module, audio_BN: torch.Tensor) -> torch.Tensor:
+    """(B windows, N samples of 16 kHz) -> features (B, L, hidden) from the encoder's last layer.
+
+    Windows are independent here, so callers may batch as many as memory allows.
+    """
+    x = normalize_windows(audio_BN)
+    hidden_BLC = encoder.feature_extractor(x).transpose(1, 2)
+    hidden_BLC = encoder.feature_projection(hidden_BLC)
+    if isinstance(hidden_BLC, tuple):  # wav2vec2 returns (projected, normed); HuBERT returns the tensor
+        hidden_BLC = hidden_BLC[0]
+    return encoder.encoder(hidden_BLC, attention_mask=None)[0]

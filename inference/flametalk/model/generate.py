@@ -1,0 +1,154 @@
+"""Window-by-window, scale-by-scale generation with argmax decoding.
+
+Exact mode caches what the release recomputes: the context keys/values of every block are computed once per
+window, the keys/values of coarser scales are kept instead of re-running all earlier tokens at each scale, the
+AdaLN modulation (a function of audio only) is computed once per window, and the audio encoder runs on all windows
+in batches before decoding starts (windows are independent for it). The block-causal mask makes coarser tokens
+independent of finer ones, so this is the same computation; `recompute=True` runs the release's order instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..constants import FPS, SAMPLE_RATE
+from .artalk import ARTalkModel
+from .audio import encode_audio_windows
+from .quantizer import NextScaleInput, bits_to_ar_inputs
+
+ProgressFn = Callable[[int, int], None]
+
+
+def frames_for_samples(num_samples: int) -> int:
+    """Motion frames for a clip: the release's ceil(samples / 16000 * 25), float arithmetic included."""
+    return math.ceil(num_samples / SAMPLE_RATE * float(FPS))
+
+
+@dataclass
+class WindowState:
+    """What the next window needs from the previous ones."""
+
+    prev_bits: torch.Tensor  # (B, L, C) bits of the last generated window, re-encoded on its own
+    context_BSE: torch.Tensor  # (B, Lp, E) context tokens (without position embeddings)
+
+
+class Generator:
+    def __init__(self, model: ARTalkModel, audio_batch: int = 8):
+        self.model = model
+        self.cfg = model.cfg
+        self.audio_batch = audio_batch  # windows per audio-encoder call
+
+    # ---- audio ----
+    def split_windows(self, audio_BN: torch.Tensor) -> torch.Tensor:
+        """Zero-pad to whole windows -> (W, B, samples_per_window)."""
+        B, N = audio_BN.shape
+        frames = frames_for_samples(N)
+        T = self.cfg.window_frames
+        padded_frames = math.ceil(frames / T) * T
+        padded = int(padded_frames / float(FPS) * SAMPLE_RATE)
+        per_window = int(T / float(FPS) * SAMPLE_RATE)
+        audio_BN = torch.cat([audio_BN, audio_BN.new_zeros(B, padded - N)], dim=-1)
+        return audio_BN.view(B, -1, per_window).transpose(0, 1)
+
+    def audio_conditions(self, windows_WBN: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Per-window conditions (B, L, D), encoding `audio_batch` windows per encoder call, lazily (an hour of
+        audio would not fit in memory as conditions)."""
+        W, B, N = windows_WBN.shape
+        per_call = max(1, self.audio_batch // B)
+        for w0 in range(0, W, per_call):
+            chunk = windows_WBN[w0 : w0 + per_call]
+            feat_XND = encode_audio_windows(self.model.audio_encoder, chunk.reshape(-1, N))
+            cond_XLD = self.model.audio_condition(feat_XND)
+            yield from cond_XLD.view(chunk.shape[0], B, *cond_XLD.shape[1:]).unbind(0)
+
+    # ---- windows ----
+    def initial_state(self, style_B1E: torch.Tensor) -> WindowState:
+        B = style_B1E.shape[0]
+        zeros = style_B1E.new_zeros(B, self.cfg.window_frames, self.cfg.motion_dim)
+        prev_bits = self.model.basic_vae.encode_single(zeros)
+        tokens = self.model.window_tokens(style_B1E, bits_to_ar_inputs(prev_bits, self.cfg.patch_nums))
+        return WindowState(prev_bits, tokens.repeat(1, self.cfg.prev_ratio, 1))
+
+    def next_state(self, state: WindowState, motion_BTD: torch.Tensor, style_B1E: torch.Tensor) -> WindowState:
+        prev_bits = self.model.basic_vae.encode_single(motion_BTD)
+        tokens = self.model.window_tokens(style_B1E, bits_to_ar_inputs(prev_bits, self.cfg.patch_nums))
+        L = tokens.shape[1]
+        return WindowState(prev_bits, torch.cat([state.context_BSE[:, L:], tokens], dim=1))
+
+    def window_bits(self, cond_BLD: torch.Tensor, state: WindowState, style_B1E: torch.Tensor,
+                    recompute: bool = False) -> torch.Tensor:
+        m = self.model
+        pos_1LE, ctx_pos_1SE = m.token_positions()
+        ctx_BSE = state.context_BSE + ctx_pos_1SE
+        mods = [blk.modulation(cond_BLD) for blk in m.attn_blocks]
+        head_mod = m.cond_logits_head.modulation(cond_BLD)
+        if recompute:
+            return self._bits_recompute(ctx_BSE, style_B1E, pos_1LE, mods, head_mod)
+        return self._bits_cached(ctx_BSE, style_B1E, pos_1LE, mods, head_mod)
+
+    def _bits_cached(self, ctx_BSE, style_B1E, pos_1LE, mods, head_mod) -> torch.Tensor:
+        m, pn_list = self.model, self.cfg.patch_nums
+        B = style_B1E.shape[0]
+        kv = [blk.attn.keys_values(ctx_BSE) for blk in m.attn_blocks]  # grows scale by scale
+        acc = NextScaleInput(B, self.cfg.code_dim, pn_list, style_B1E.device)
+        x_BPE = style_B1E + pos_1LE[:, :1]
+        all_bits, start = [], 0
+        for k, pn in enumerate(pn_list):
+            sl = slice(start, start + pn)
+            for b, blk in enumerate(m.attn_blocks):
+                mod = mods[b][:, sl]
+                h = blk.modulated_input(x_BPE, mod)
+                k_new, v_new = blk.attn.keys_values(h)
+                keys, values = torch.cat([kv[b][0], k_new], dim=2), torch.cat([kv[b][1], v_new], dim=2)
+                kv[b] = (keys, values)
+                x_BPE = blk.finish(x_BPE, blk.attn.attend(blk.attn.queries(h), keys, values), mod)
+            bits = m.bits_from_logits(m.logits_head(m.cond_logits_head(x_BPE, head_mod[:, sl])))
+            all_bits.append(bits)
+            if k + 1 < len(pn_list):
+                nxt = slice(start + pn, start + pn + pn_list[k + 1])
+                x_BPE = m.vqfeat_embed(acc.push(k, bits)) + pos_1LE[:, nxt]
+            start += pn
+        return torch.cat(all_bits, dim=1)
+
+    def _bits_recompute(self, ctx_BSE, style_B1E, pos_1LE, mods, head_mod) -> torch.Tensor:
+        """The release's order: at every scale, re-run all tokens of the window so far."""
+        m, pn_list = self.model, self.cfg.patch_nums
+        tokens = style_B1E
+        Lp = ctx_BSE.shape[1]
+        for k in range(len(pn_list)):
+            n = sum(pn_list[: k + 1])
+            bias = m.attn_bias_for_masking[:, :, :n, : n + Lp]
+            x = tokens + pos_1LE[:, :n]
+            for b, blk in enumerate(m.attn_blocks):
+                x = blk(x, ctx_BSE, mods[b][:, :n], bias)
+            bits = m.bits_from_logits(m.logits_head(m.cond_logits_head(x, head_mod[:, :n])))
+            if k + 1 < len(pn_list):
+                tokens = m.window_tokens(style_B1E, bits_to_ar_inputs(bits, pn_list, upto=k))
+        return bits
+
+    # ---- whole clip ----
+    def run(self, audio_BN: torch.Tensor, style_BLD: torch.Tensor | None = None,
+            progress: ProgressFn | None = None, recompute: bool = False) -> torch.Tensor:
+        """Audio (B, N) float32 16 kHz -> raw motion (B, frames, motion_dim)."""
+        B, N = audio_BN.shape
+        style_B1E = self.model.style_condition(style_BLD, batch=B)
+        windows = self.split_windows(audio_BN)
+        total = windows.shape[0]
+        if progress:
+            progress(0, total)
+        conds = self.audio_conditions(windows)
+        state = self.initial_state(style_B1E)
+        motions = []
+        for w, cond_BLD in enumerate(conds):
+            bits = self.window_bits(cond_BLD, state, style_B1E, recompute=recompute)
+            _, motion = self.model.basic_vae.decode_pair(state.prev_bits, bits)
+            motions.append(motion)
+            if w + 1 < total:
+                state = self.next_state(state, motion, style_B1E)
+            if progress:
+                progress(w + 1, total)
+        return torch.cat(motions, dim=1)[:, : frames_for_samples(N)]
