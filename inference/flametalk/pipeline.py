@@ -1,0 +1,44 @@
+"""numpy in, numpy out: the one call the CLI, the worker and the benchmark use to generate motion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .constants import MOTION_DIM, STYLE_FRAMES
+from .errors import FlameTalkError
+from .model.artalk import ARTalkModel
+from .model.generate import Generator
+
+ProgressFn = Callable[[int, int], None]
+
+
+def model_device(model: ARTalkModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def generate_motion(model: ARTalkModel, audio_16k: np.ndarray, style_motion: np.ndarray | None = None,
+                    progress: ProgressFn | None = None, recompute: bool = False) -> np.ndarray:
+    """Mono 16 kHz float audio (N,) -> raw model motion (ceil(N / 640), 106) float32 at 25 fps.
+
+    `progress(done_windows, total_windows)` is called before the first and after every 4-s window.
+    Post-processing (smoothing, jaw roll/yaw zeroing) is separate: flametalk.postprocess.
+    """
+    audio = np.asarray(audio_16k, dtype=np.float32)
+    if audio.ndim != 1 or audio.size == 0:
+        raise FlameTalkError(f"audio must be a non-empty mono signal, got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise FlameTalkError("audio holds NaN or infinite samples; re-export the file")
+    device = model_device(model)
+    style = None
+    if style_motion is not None:
+        style_arr = np.asarray(style_motion, dtype=np.float32)
+        if style_arr.shape != (STYLE_FRAMES, MOTION_DIM):
+            raise FlameTalkError(f"style clip must be ({STYLE_FRAMES}, {MOTION_DIM}), got {style_arr.shape}")
+        style = torch.from_numpy(style_arr)[None].to(device)
+    audio_t = torch.from_numpy(audio)[None].to(device)
+    motion = Generator(model).run(audio_t, style, progress=progress, recompute=recompute)
+    return motion[0].float().cpu().numpy()
