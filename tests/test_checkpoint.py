@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from flametalk.checkpoint import build_model, expected_shapes, load_checkpoint
 from flametalk.config import ARTalkConfig
 from flametalk.errors import FlameTalkError

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from flametalk.reference import compute_outputs, load_vector, model_from_vector
 
 VECTOR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "artalk_parity_v1.pt"

@@ -139,11 +139,18 @@ class ARTalkModel(nn.Module):
         return bias[None, None].contiguous(), lvl_L[None].contiguous()
 
     # ---- small pieces shared by generation and training ----
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """dtype of the AR transformer (fp32 exact; bf16/fp16 in fast mode, where the autoencoder and the style
+        encoder stay fp32)."""
+        return self.vqfeat_embed.weight.dtype
+
     def style_condition(self, style_BLD: torch.Tensor | None, batch: int = 1) -> torch.Tensor:
         """(B, 1, E) style token. With a clip: 1.1 * embedding - 0.1 * null (the release's guidance)."""
         if style_BLD is None:
             return self.null_style_cond.expand(batch, -1, -1)
-        cond = self.style_cond_embed(self.style_encoder(style_BLD))[:, None]
+        feat = self.style_encoder(style_BLD.to(self.style_encoder.motion_mean.dtype))
+        cond = self.style_cond_embed(feat.to(self.compute_dtype))[:, None]
         return cond * 1.1 - self.null_style_cond * 0.1
 
     def token_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +166,7 @@ class ARTalkModel(nn.Module):
 
     def window_tokens(self, style_B1E: torch.Tensor, ar_feat_BMC: torch.Tensor) -> torch.Tensor:
         """[style token, embedded next-scale inputs] (B, 1 + M, E)."""
-        return torch.cat([style_B1E, self.vqfeat_embed(ar_feat_BMC)], dim=1)
+        return torch.cat([style_B1E, self.vqfeat_embed(ar_feat_BMC.to(self.compute_dtype))], dim=1)
 
     def bits_from_logits(self, logits_BL2C: torch.Tensor) -> torch.Tensor:
         B, L, _ = logits_BL2C.shape

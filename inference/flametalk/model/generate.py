@@ -68,7 +68,7 @@ class Generator:
     # ---- windows ----
     def initial_state(self, style_B1E: torch.Tensor) -> WindowState:
         B = style_B1E.shape[0]
-        zeros = style_B1E.new_zeros(B, self.cfg.window_frames, self.cfg.motion_dim)
+        zeros = torch.zeros(B, self.cfg.window_frames, self.cfg.motion_dim, device=style_B1E.device)
         prev_bits = self.model.basic_vae.encode_single(zeros)
         tokens = self.model.window_tokens(style_B1E, bits_to_ar_inputs(prev_bits, self.cfg.patch_nums))
         return WindowState(prev_bits, tokens.repeat(1, self.cfg.prev_ratio, 1))
@@ -110,7 +110,7 @@ class Generator:
             all_bits.append(bits)
             if k + 1 < len(pn_list):
                 nxt = slice(start + pn, start + pn + pn_list[k + 1])
-                x_BPE = m.vqfeat_embed(acc.push(k, bits)) + pos_1LE[:, nxt]
+                x_BPE = m.vqfeat_embed(acc.push(k, bits).to(m.compute_dtype)) + pos_1LE[:, nxt]
             start += pn
         return torch.cat(all_bits, dim=1)
 
@@ -135,6 +135,7 @@ class Generator:
             progress: ProgressFn | None = None, recompute: bool = False) -> torch.Tensor:
         """Audio (B, N) float32 16 kHz -> raw motion (B, frames, motion_dim)."""
         B, N = audio_BN.shape
+        audio_BN = audio_BN.float()
         style_B1E = self.model.style_condition(style_BLD, batch=B)
         windows = self.split_windows(audio_BN)
         total = windows.shape[0]
@@ -145,10 +146,10 @@ class Generator:
         motions = []
         for w, cond_BLD in enumerate(conds):
             bits = self.window_bits(cond_BLD, state, style_B1E, recompute=recompute)
-            _, motion = self.model.basic_vae.decode_pair(state.prev_bits, bits)
+            _, motion = self.model.basic_vae.decode_pair(state.prev_bits, bits)  # fp32 in every mode
             motions.append(motion)
             if w + 1 < total:
                 state = self.next_state(state, motion, style_B1E)
             if progress:
                 progress(w + 1, total)
-        return torch.cat(motions, dim=1)[:, : frames_for_samples(N)]
+        return torch.cat(motions, dim=1)[:, : frames_for_samples(N)].float()

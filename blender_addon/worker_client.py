@@ -1,0 +1,209 @@
+"""Client of the `flametalk.worker` process (stdlib only: Blender's Python never imports torch).
+
+The worker is started once with the Python chosen in the preferences and kept warm between takes. Events are read
+on a background thread into a queue; Blender code polls `poll()` from a timer/modal handler (UI) or calls `wait()`
+(batch and tests). Every failure becomes a WorkerError with one readable message.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+PROTOCOL_VERSION = 1  # must match flametalk.worker.PROTOCOL_VERSION
+STARTUP_TIMEOUT_S = 120.0  # importing torch on a cold disk can take a while
+STDERR_LINES_KEPT = 40
+
+
+class WorkerError(Exception):
+    """A failure the user should read: bad input, missing torch, a crashed worker, a cancel."""
+
+    def __init__(self, message: str, kind: str = "internal"):
+        super().__init__(message)
+        self.kind = kind
+
+
+class WorkerClient:
+    def __init__(self, python: str, env: dict[str, str] | None = None):
+        self.python = python
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
+        self.hello: dict[str, Any] | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, list[dict[str, Any]]] = {}
+
+    # ---- process ----
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:
+        if self.alive and self.hello:
+            return self.hello
+        if not self.python or not os.path.isfile(self.python):
+            raise WorkerError(f"worker Python not found: {self.python!r}; set it in the FlameTalk preferences",
+                              "setup")
+        env = dict(os.environ, **(self.env or {}))
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("PYTHONHOME", None)  # Blender's own Python home must not leak into another interpreter
+        flags = subprocess.CREATE_NO_WINDOW if sys.platform == "win32" else 0
+        try:
+            self.proc = subprocess.Popen(
+                [self.python, "-m", "flametalk.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1, env=env, creationflags=flags,
+            )
+        except OSError as err:
+            raise WorkerError(f"cannot start the worker with {self.python} ({err})", "setup") from err
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=0.1)
+            except queue.Empty:
+                if not self.alive:
+                    raise self._died("while starting") from None
+                continue
+            if event.get("event") == "hello":
+                if event.get("protocol") != PROTOCOL_VERSION:
+                    self.stop()
+                    raise WorkerError(
+                        f"the worker speaks protocol {event.get('protocol')}, this add-on {PROTOCOL_VERSION}; "
+                        "update the runtime (Preferences > FlameTalk > Set up runtime)", "setup")
+                self.hello = event
+                return event
+            if event.get("event") == "fatal":
+                self.stop()
+                raise WorkerError(str(event.get("message")), "setup")
+        self.stop()
+        raise WorkerError(f"the worker did not start within {timeout:.0f} s ({self._last_stderr()})", "setup")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self.proc, self.hello = self.proc, None, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                proc.stdin.write(json.dumps({"id": 0, "cmd": "shutdown"}) + "\n")
+                proc.stdin.flush()
+                proc.wait(timeout=timeout)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait(timeout=timeout)
+
+    def _read_stdout(self) -> None:
+        proc = self.proc
+        assert proc is not None and proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                self.stderr_tail.append(line.rstrip())
+                continue
+            if isinstance(event, dict):
+                self.events.put(event)
+
+    def _read_stderr(self) -> None:
+        proc = self.proc
+        assert proc is not None and proc.stderr is not None
+        for line in proc.stderr:
+            if line.strip():
+                self.stderr_tail.append(line.rstrip())
+
+    def _last_stderr(self) -> str:
+        lines = [ln for ln in self.stderr_tail if ln.strip()]
+        return lines[-1] if lines else "no output"
+
+    def _died(self, when: str) -> WorkerError:
+        code = self.proc.poll() if self.proc else None
+        self.proc, self.hello = None, None
+        return WorkerError(f"the worker stopped unexpectedly {when} (exit code {code}): {self._last_stderr()}",
+                           "crash")
+
+    # ---- requests ----
+    def submit(self, cmd: str, **fields: Any) -> int:
+        self.start()
+        rid = next(self._ids)
+        self._pending[rid] = []
+        try:
+            assert self.proc is not None and self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"id": rid, "cmd": cmd, **fields}) + "\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError) as err:
+            raise self._died("while sending a request") from err
+        return rid
+
+    def cancel(self, rid: int) -> None:
+        if self.alive:
+            try:
+                assert self.proc is not None and self.proc.stdin is not None
+                self.proc.stdin.write(json.dumps({"id": next(self._ids), "cmd": "cancel", "target": rid}) + "\n")
+                self.proc.stdin.flush()
+            except (OSError, ValueError):
+                pass
+
+    def poll(self, rid: int) -> tuple[str, dict[str, Any] | None]:
+        """Non-blocking. ('progress', event) / ('result', event) / ('running', None); raises WorkerError."""
+        latest: dict[str, Any] | None = None
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                break
+            kind = event.get("event")
+            if event.get("id") != rid and kind not in ("fatal",):
+                continue  # an answer to an older, abandoned request
+            if kind == "result":
+                self._pending.pop(rid, None)
+                return "result", event
+            if kind in ("error", "fatal"):
+                self._pending.pop(rid, None)
+                raise WorkerError(str(event.get("message")), str(event.get("kind", "internal")))
+            latest = event
+        if not self.alive and self.events.empty():
+            raise self._died("during the job")
+        return ("progress", latest) if latest else ("running", None)
+
+    def wait(self, rid: int, on_progress: Callable[[dict[str, Any]], Any] | None = None,
+             timeout: float | None = None) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state, event = self.poll(rid)
+            if state == "result":
+                assert event is not None
+                return event
+            if state == "progress" and on_progress and event:
+                if on_progress(event) is False:
+                    self.cancel(rid)
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel(rid)
+                raise WorkerError(f"the worker did not finish within {timeout:.0f} s", "timeout")
+            time.sleep(0.02)
+
+
+_CLIENTS: dict[str, WorkerClient] = {}
+
+
+def get_client(python: str) -> WorkerClient:
+    """The warm worker for this Python (one per interpreter path)."""
+    client = _CLIENTS.get(python)
+    if client is None:
+        client = _CLIENTS[python] = WorkerClient(python)
+    return client
+
+
+def stop_all() -> None:
+    for client in list(_CLIENTS.values()):
+        client.stop()
+    _CLIENTS.clear()

@@ -1,0 +1,118 @@
+"""`python -m flametalk bench`: time motion generation for a clip, print one JSON line.
+
+Without a checkpoint (`--random-init`) the full-size release architecture is built with random weights, so the
+benchmark runs anywhere. Compute time covers the whole generation (audio encoder, AR decoding, autoencoder), not
+model construction. Peak RSS is the process's high-water mark (ru_maxrss), model included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+from .constants import SAMPLE_RATE
+
+SPEECH_LIKE_SEED = 1234
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def test_signal(seconds: float) -> np.ndarray:
+    """Amplitude-modulated noise: speech-like loudness changes without shipping audio."""
+    rng = np.random.default_rng(SPEECH_LIKE_SEED)
+    n = int(round(seconds * SAMPLE_RATE))
+    t = np.arange(n) / SAMPLE_RATE
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t)
+    return (0.1 * envelope * rng.standard_normal(n)).astype(np.float32)
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    import torch
+
+    from .devices import configure_torch_for_parity, resolve_device
+    from .pipeline import generate_motion
+    from .precision import apply_mode, random_init_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configure_torch_for_parity()
+    device = resolve_device(args.device)
+    if args.checkpoint:
+        from .checkpoint import load_checkpoint
+
+        model = apply_mode(load_checkpoint(args.checkpoint, device=device), args.mode)
+    else:
+        from .config import ARTalkConfig
+
+        model = random_init_model(ARTalkConfig(), args.mode, device)
+    audio = test_signal(args.seconds)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        generate_motion(model, audio[: SAMPLE_RATE * 4])
+    sync()
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        motion = generate_motion(model, audio)
+        sync()
+        times.append(time.perf_counter() - t0)
+    compute = float(np.median(times))
+    result = {
+        "seconds_audio": args.seconds,
+        "seconds_compute": round(compute, 4),
+        "rtf": round(compute / args.seconds, 5),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "mode": args.mode,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "frames": int(motion.shape[0]),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--random-init", action="store_true", help="full-size release architecture, random weights")
+    p.add_argument("--checkpoint", help="time a real checkpoint instead of --random-init")
+    p.add_argument("--seconds", type=float, default=20.0, help="clip length in seconds (default 20)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    p.add_argument("--mode", choices=("exact", "fast"), default="exact")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--repeat", type=int, default=1, help="timed runs; the median is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed 4-s runs first")
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flametalk bench", description=__doc__)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    return command(args)
+
+
+def command(args: argparse.Namespace) -> int:
+    if not args.random_init and not args.checkpoint:
+        from .errors import FlameTalkError
+
+        raise FlameTalkError("bench needs --random-init or --checkpoint PATH")
+    result = run_bench(args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Exact and fast numeric modes, and a memory-lean randomly initialised model for benchmarks.
+
+exact: everything fp32 (matches the release bit for bit on the parity vectors).
+fast:  the audio encoder and the AR transformer in bf16 on CPU (AVX-512 bf16 / AMX where present) or fp16 on
+       CUDA/MPS; the motion autoencoder and the style encoder stay fp32 (they are cheap and decide the final motion).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .config import ARTalkConfig
+from .model.artalk import ARTalkModel
+from .model.vae import MotionAutoencoder
+
+Mode = Literal["exact", "fast"]
+MODES: tuple[str, ...] = ("exact", "fast")
+INIT_STD = 0.02  # random-init scale: timing does not depend on the values, only that they stay finite
+
+
+def fast_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cpu" else torch.float16
+
+
+def fp32_parts(model: ARTalkModel) -> list[nn.Module]:
+    return [model.basic_vae, model.style_encoder]
+
+
+def apply_mode(model: ARTalkModel, mode: Mode) -> ARTalkModel:
+    """Cast in place for `mode` (weights are converted once, not per call)."""
+    if mode == "exact":
+        return model.float()
+    if mode != "fast":
+        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+    device = next(model.parameters()).device
+    cast_low_precision_parts(model, fast_dtype(device))
+    return model
+
+
+def cast_low_precision_parts(model: ARTalkModel, dtype: torch.dtype) -> None:
+    """Cast everything but the fp32 parts (casting all and back would round their weights)."""
+    keep = {id(p) for part in fp32_parts(model) for p in part.parameters()}
+    keep |= {id(b) for part in fp32_parts(model) for b in part.buffers()}
+    for module in model.modules():
+        for p in list(module.parameters(recurse=False)):
+            if id(p) not in keep and p.is_floating_point():
+                p.data = p.data.to(dtype)
+        for name, b in list(module.named_buffers(recurse=False)):
+            if id(b) not in keep and b.is_floating_point() and name != "attn_bias_for_masking":
+                module._buffers[name] = b.to(dtype)
+
+
+def sinusoid_table(dim: int, length: int) -> torch.Tensor:
+    """(1, length, dim) sin/cos table (even columns sin, odd cos) as the release's style encoder holds."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table[None]
+
+
+@torch.no_grad()
+def random_init_model(cfg: ARTalkConfig, mode: Mode = "exact", device: str | torch.device = "cpu",
+                      seed: int = 0) -> ARTalkModel:
+    """Full architecture with random weights, allocated directly in each part's final dtype.
+
+    Building in fp32 and casting afterwards would touch 2 GB for the full-size model; this allocates once.
+    """
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = ARTalkModel(cfg)
+    if mode == "fast":
+        cast_low_precision_parts(model, fast_dtype(device))
+    model.to_empty(device=device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith((".bias", "norm.bias")) or "layer_norm.bias" in name:
+            p.zero_()
+        elif "norm" in name and p.dim() == 1:
+            p.fill_(1.0)
+        else:
+            p.copy_((torch.randn(p.shape, generator=gen) * INIT_STD).to(p.dtype))
+    reset_buffers(model)
+    return model.eval().requires_grad_(False)
+
+
+def reset_buffers(model: ARTalkModel) -> None:
+    cfg = model.cfg
+    bias, lvl = ARTalkModel.scale_causal_bias(cfg.patch_nums, cfg.prev_ratio)
+    model.attn_bias_for_masking.copy_(bias)
+    model.lvl_idx.copy_(lvl)
+    model.basic_vae.attn_mask.copy_(MotionAutoencoder.causal_window_mask(cfg.window_frames))
+    for part in (model.basic_vae, model.style_encoder):
+        part.motion_mean.zero_()
+        part.motion_std.fill_(1.0)
+    model.style_encoder.PE.pe.copy_(sinusoid_table(cfg.style_dim, cfg.style_max_len))
