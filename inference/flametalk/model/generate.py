@@ -92,20 +92,28 @@ class Generator:
 
     def _bits_cached(self, ctx_BSE, style_B1E, pos_1LE, mods, head_mod) -> torch.Tensor:
         m, pn_list = self.model, self.cfg.patch_nums
-        B = style_B1E.shape[0]
-        kv = [blk.attn.keys_values(ctx_BSE) for blk in m.attn_blocks]  # grows scale by scale
+        B, Lp = style_B1E.shape[0], ctx_BSE.shape[1]
+        # Key/value buffers per block: [context | scales so far], filled in place (no re-concatenation per scale).
+        kv = []
+        for blk in m.attn_blocks:
+            k_ctx, v_ctx = blk.attn.keys_values(ctx_BSE)
+            H, c = k_ctx.shape[1], k_ctx.shape[3]
+            k_buf = k_ctx.new_empty(B, H, Lp + self.cfg.tokens_per_window, c)
+            v_buf = v_ctx.new_empty(B, H, Lp + self.cfg.tokens_per_window, c)
+            k_buf[:, :, :Lp], v_buf[:, :, :Lp] = k_ctx, v_ctx
+            kv.append((k_buf, v_buf))
         acc = NextScaleInput(B, self.cfg.code_dim, pn_list, style_B1E.device)
         x_BPE = style_B1E + pos_1LE[:, :1]
         all_bits, start = [], 0
         for k, pn in enumerate(pn_list):
-            sl = slice(start, start + pn)
+            sl, end = slice(start, start + pn), Lp + start + pn
             for b, blk in enumerate(m.attn_blocks):
                 mod = mods[b][:, sl]
                 h = blk.modulated_input(x_BPE, mod)
-                k_new, v_new = blk.attn.keys_values(h)
-                keys, values = torch.cat([kv[b][0], k_new], dim=2), torch.cat([kv[b][1], v_new], dim=2)
-                kv[b] = (keys, values)
-                x_BPE = blk.finish(x_BPE, blk.attn.attend(blk.attn.queries(h), keys, values), mod)
+                k_buf, v_buf = kv[b]
+                k_buf[:, :, Lp + start : end], v_buf[:, :, Lp + start : end] = blk.attn.keys_values(h)
+                out = blk.attn.attend(blk.attn.queries(h), k_buf[:, :, :end], v_buf[:, :, :end])
+                x_BPE = blk.finish(x_BPE, out, mod)
             bits = m.bits_from_logits(m.logits_head(m.cond_logits_head(x_BPE, head_mod[:, sl])))
             all_bits.append(bits)
             if k + 1 < len(pn_list):
