@@ -97,13 +97,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print only the JSON line")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="flametalk bench", description=__doc__)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    return command(args)
-
-
 def command(args: argparse.Namespace) -> int:
     if not args.random_init and not args.checkpoint:
         from .errors import FlameTalkError
@@ -113,6 +106,3 @@ def command(args: argparse.Namespace) -> int:
     print(json.dumps(result))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

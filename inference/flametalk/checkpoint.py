@@ -55,6 +55,19 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     return weights, config
 
 
+def checkpoint_provenance(path: str | Path) -> dict[str, str]:
+    """Path and sha256 of the weights file load_checkpoint picks and of its config.json (hashes cached beside)."""
+    from .hashing import cached_sha256
+
+    weights, config = resolve_checkpoint(path)
+    return {
+        "path": str(Path(path).expanduser().resolve()),
+        "state_dict": weights.name,
+        "sha256": cached_sha256(weights),  # sidecar-cached: the 2 GB release file is hashed once
+        "config_sha256": cached_sha256(config),
+    }
+
+
 def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)

@@ -62,20 +62,6 @@ def _resolve_checkpoint(arg: str | None, cache: str | None) -> Path:
     raise FlameTalkError(missing_checkpoint_message(cache))
 
 
-def _checkpoint_provenance(ckpt: Path) -> dict[str, Any]:
-    """Path and sha256 of the state-dict file (the same file load_checkpoint picks) and of its config.json."""
-    from .checkpoint import resolve_checkpoint
-    from .hashing import cached_sha256
-
-    weights, config = resolve_checkpoint(ckpt)
-    return {
-        "path": str(ckpt.resolve()),
-        "state_dict": weights.name,
-        "sha256": cached_sha256(weights),  # sidecar-cached: the 2 GB release file is hashed once
-        "config_sha256": cached_sha256(config),
-    }
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .audio import load_audio
     from .constants import FPS, SAMPLE_RATE
@@ -104,11 +90,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import checkpoint_provenance, load_checkpoint
     from .pipeline import generate_motion
+    from .precision import apply_mode
 
-    ckpt_info = _checkpoint_provenance(ckpt)
-    model = load_checkpoint(ckpt, device=device)
+    ckpt_info = checkpoint_provenance(ckpt)
+    model = apply_mode(load_checkpoint(ckpt, device=device), args.mode)
     with tqdm(total=None, desc="generating", unit="window", disable=args.quiet, leave=False) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -225,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"output .npz (default: <audio stem>{OUT_SUFFIX} in the current folder)")
     g.add_argument("--no-postprocess", dest="postprocess", action="store_false",
                    help="keep the raw model output (no Savitzky-Golay smoothing, jaw roll/yaw not zeroed)")
+    g.add_argument("--mode", choices=("exact", "fast"), default="exact",
+                   help="exact (fp32, the release's numbers; default) or fast (bf16 on CPU, fp16 on GPUs)")
     g.add_argument("--cache", metavar="DIR", help="asset cache folder (default: FLAMETALK_CACHE or the user cache)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)  # fmt: skip
@@ -250,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and accepting the FLAME licence")  # fmt: skip
             p.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=_cmd_assets)
+
+    from . import bench
+
+    b = sub.add_parser("bench", parents=[common], help="time generation, print one JSON line")
+    bench.add_arguments(b)
+    b.set_defaults(func=bench.command)
     return parser
 
 

@@ -50,7 +50,7 @@ class Worker:
         self.cancelled: set[Any] = set()
         self.model = None
         self.model_key: tuple | None = None
-        self.checkpoint_info: dict[str, str] | None = None
+        self.checkpoint_info: dict[str, str] | None = None  # provenance of the loaded weights
 
     def send(self, **event: Any) -> None:
         with self.lock:
@@ -111,9 +111,8 @@ class Worker:
 
     def ensure_model(self, req: dict[str, Any]):
         from .assets import default_checkpoint_dir
-        from .checkpoint import load_checkpoint, resolve_checkpoint
+        from .checkpoint import checkpoint_provenance, load_checkpoint
         from .devices import configure_torch_for_parity, resolve_device
-        from .hashing import cached_sha256
         from .precision import apply_mode
 
         checkpoint = req.get("checkpoint") or str(default_checkpoint_dir())
@@ -126,8 +125,7 @@ class Worker:
             self.send(event="progress", id=req.get("id"), done=0, total=0, stage="loading model")
             self.model = apply_mode(load_checkpoint(checkpoint, device=device), mode)
             self.model_key = key
-            weights, _ = resolve_checkpoint(checkpoint)
-            self.checkpoint_info = {"path": str(weights), "sha256": cached_sha256(weights)}
+            self.checkpoint_info = checkpoint_provenance(checkpoint)
         return self.model
 
     def generate(self, req: dict[str, Any]) -> None:
