@@ -1,0 +1,229 @@
+"""Restricted unpickling for FLAME model files.
+
+A FLAME file is data. The official `generic_model.pkl` is a Python 2 pickle that names classes from chumpy and
+scipy.sparse; neither may be needed (chumpy does not even install on current Python), and a pickle can name any
+callable, so we never resolve a global through an import. Only these names resolve:
+
+- numpy's array/dtype/scalar reconstructors (they build arrays from bytes and run nothing else);
+- a few harmless builtins (set, frozenset, object, OrderedDict) and a latin-1-only stand-in for `_codecs.encode`
+  (Python 3 writes bytes that way in protocol-2 pickles);
+- `copy_reg._reconstructor`, replaced by a version that only instantiates our own stand-in classes;
+- chumpy classes and scipy.sparse matrix classes, replaced by inert `StandIn` records whose pickled state is kept
+  as plain data and converted to numpy afterwards by `to_array`;
+- whatever a caller adds through `extra` (the torch-free .pt reader adds its storage/tensor rebuilders).
+
+Any other global raises `UnsafePickleError` before anything is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle names a global that a FLAME file never contains (nothing was called)."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.qualified_name = f"{module}.{name}"
+
+
+class StandIn:
+    """Inert record of a pickled chumpy / scipy.sparse object: remembers its class name, args and state."""
+
+    pickle_module = ""
+    pickle_name = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
+        obj = object.__new__(cls)
+        obj.args = args
+        obj.state = None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # REDUCE calls cls(*args); __new__ kept them
+        pass
+
+    def __setstate__(self, state: Any) -> None:  # BUILD: keep the state as data, never interpret it here
+        self.state = state
+
+    @classmethod
+    def qualified_name(cls) -> str:
+        return f"{cls.pickle_module}.{cls.pickle_name}"
+
+
+_STANDIN_CLASSES: dict[tuple[str, str], type[StandIn]] = {}
+_SPARSE_NAMES = {"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"}
+
+
+def _standin_class(module: str, name: str) -> type[StandIn]:
+    key = (module, name)
+    if key not in _STANDIN_CLASSES:
+        _STANDIN_CLASSES[key] = type(f"StandIn_{name}", (StandIn,), {"pickle_module": module, "pickle_name": name})
+    return _STANDIN_CLASSES[key]
+
+
+def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """copy_reg._reconstructor limited to our stand-ins (py2 protocol 0/1 pickles of new-style objects)."""
+    if isinstance(cls, type) and issubclass(cls, StandIn) and base is object and state is None:
+        return cls.__new__(cls)
+    raise UnsafePickleError("copy_reg", f"_reconstructor({getattr(cls, '__name__', cls)!r})")
+
+
+def _safe_codecs_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """Python 3 pickles bytes as _codecs.encode(latin-1 text, 'latin1') in protocols < 3."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise UnsafePickleError("_codecs", f"encode(..., {encoding!r})")
+    return text.encode("latin1")
+
+
+def _numpy_module(suffix: str) -> Any:
+    """numpy's internal module under either name (numpy 2 renamed numpy.core to numpy._core)."""
+    for prefix in ("numpy._core", "numpy.core"):
+        try:
+            return importlib.import_module(f"{prefix}.{suffix}")
+        except ImportError:
+            continue
+    return None
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    multiarray = _numpy_module("multiarray")
+    numeric = _numpy_module("numeric")
+    for prefix in ("numpy.core", "numpy._core"):  # files written by numpy 1.x or 2.x
+        table[(f"{prefix}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        table[(f"{prefix}.multiarray", "scalar")] = multiarray.scalar
+        if numeric is not None and hasattr(numeric, "_frombuffer"):
+            table[(f"{prefix}.numeric", "_frombuffer")] = numeric._frombuffer
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 exposes the dtype classes that BUILD may target
+    if dtypes is not None:
+        for name in dir(dtypes):
+            if name.endswith("DType"):
+                table[("numpy.dtypes", name)] = getattr(dtypes, name)
+    return table
+
+
+_BASE_GLOBALS: dict[tuple[str, str], Any] = {
+    **_numpy_globals(),
+    ("__builtin__", "set"): set,
+    ("builtins", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "object"): object,
+    ("builtins", "object"): object,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("copy_reg", "_reconstructor"): _safe_reconstructor,
+    ("copyreg", "_reconstructor"): _safe_reconstructor,
+    ("_codecs", "encode"): _safe_codecs_encode,
+}
+
+
+def _is_standin_global(module: str, name: str) -> bool:
+    if module == "chumpy" or module.startswith("chumpy."):
+        return True  # chumpy objects only carry their state; to_array decides what is usable
+    return (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and name in _SPARSE_NAMES
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler whose find_class only knows the allow-list above (plus `extra`)."""
+
+    def __init__(
+        self,
+        file: io.BufferedIOBase,
+        extra: Mapping[tuple[str, str], Any] | None = None,
+        persistent_load: Callable[[Any], Any] | None = None,
+    ):
+        # latin1: Python 2 `str` payloads (array bytes) must come back byte-for-byte.
+        super().__init__(file, encoding="latin1")
+        self._extra = dict(extra or {})
+        self._persistent = persistent_load
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        if key in self._extra:
+            return self._extra[key]
+        if key in _BASE_GLOBALS:
+            return _BASE_GLOBALS[key]
+        if _is_standin_global(module, name):
+            return _standin_class(module, name)
+        raise UnsafePickleError(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is None:
+            raise pickle.UnpicklingError("unexpected persistent id in a plain pickle")
+        return self._persistent(pid)
+
+
+def restricted_loads(
+    data: bytes,
+    extra: Mapping[tuple[str, str], Any] | None = None,
+    persistent_load: Callable[[Any], Any] | None = None,
+) -> Any:
+    return RestrictedUnpickler(io.BytesIO(data), extra, persistent_load).load()
+
+
+def _state_dict(obj: StandIn) -> dict[str, Any]:
+    state = obj.state
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+        state = {**state[0], **(state[1] or {})}  # (dict state, slot state) form
+    if not isinstance(state, dict):
+        raise ValueError(f"{obj.qualified_name()} object without readable state")
+    return state
+
+
+def _sparse_to_dense(obj: StandIn) -> np.ndarray:
+    state = _state_dict(obj)
+    shape = state.get("_shape", state.get("shape"))
+    if not (isinstance(shape, tuple) and len(shape) == 2):
+        raise ValueError(f"{obj.qualified_name()} without a 2-d shape")
+    rows, cols = int(shape[0]), int(shape[1])
+    data = np.asarray(state["data"], dtype=np.float64).ravel()
+    fmt = obj.pickle_name[:3]
+    if fmt == "coo":
+        coords = state.get("coords")
+        row_idx, col_idx = (coords[0], coords[1]) if coords is not None else (state["row"], state["col"])
+    else:
+        indices = np.asarray(state["indices"], dtype=np.int64).ravel()
+        indptr = np.asarray(state["indptr"], dtype=np.int64).ravel()
+        outer = cols if fmt == "csc" else rows
+        if indptr.shape != (outer + 1,) or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
+            raise ValueError(f"{obj.qualified_name()} with inconsistent index arrays")
+        outer_idx = np.repeat(np.arange(outer), np.diff(indptr))
+        row_idx, col_idx = (indices, outer_idx) if fmt == "csc" else (outer_idx, indices)
+    row_idx = np.asarray(row_idx, dtype=np.int64).ravel()
+    col_idx = np.asarray(col_idx, dtype=np.int64).ravel()
+    if not (row_idx.size == col_idx.size == data.size):
+        raise ValueError(f"{obj.qualified_name()} with inconsistent index arrays")
+    if data.size and (row_idx.min() < 0 or row_idx.max() >= rows or col_idx.min() < 0 or col_idx.max() >= cols):
+        raise ValueError(f"{obj.qualified_name()} with out-of-range indices")
+    dense = np.zeros((rows, cols), dtype=np.float64)
+    np.add.at(dense, (row_idx, col_idx), data)  # duplicates sum, as scipy's todense does
+    return dense
+
+
+def to_array(obj: Any) -> np.ndarray:
+    """numpy array from an ndarray, a chumpy stand-in (its `x`) or a scipy.sparse stand-in (densified)."""
+    if isinstance(obj, StandIn):
+        if obj.pickle_name in _SPARSE_NAMES and obj.pickle_module.startswith("scipy.sparse"):
+            return _sparse_to_dense(obj)
+        if obj.pickle_module.startswith("chumpy"):
+            state = _state_dict(obj)
+            if obj.pickle_name != "Ch" or "x" not in state:
+                # Derived chumpy expressions would need chumpy to evaluate; FLAME files store plain Ch arrays.
+                raise ValueError(f"unsupported chumpy object {obj.qualified_name()}")
+            return to_array(state["x"])
+        raise ValueError(f"unsupported object {obj.qualified_name()}")
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise ValueError("object array where numbers were expected")
+        return obj
+    if isinstance(obj, list | tuple | int | float | np.generic):
+        return np.asarray(obj)
+    raise ValueError(f"{type(obj).__name__} where an array was expected")
