@@ -245,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", parents=[common], help="time generation, print one JSON line")
     bench.add_arguments(b)
     b.set_defaults(func=bench.command)
+
+    from . import drift
+
+    d = sub.add_parser("drift", parents=[common], help="fast-mode drift from exact mode, as JSON")
+    drift.add_arguments(d)
+    d.set_defaults(func=drift.command)
     return parser
 
 
