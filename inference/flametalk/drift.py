@@ -69,7 +69,8 @@ def compare(model_exact, model_fast, audio: np.ndarray, style: np.ndarray | None
             motions[name] = gen.run(torch.from_numpy(audio)[None].to(dev), st)[0].float().cpu().numpy()
         bits[name] = torch.cat(recorded, dim=1).cpu()
     report: dict[str, Any] = {"bits_differ": float((bits["exact"] != bits["fast"]).float().mean())}
-    first = bits["exact"][:, : model_exact.cfg.tokens_per_window] != bits["fast"][:, : model_exact.cfg.tokens_per_window]
+    L = model_exact.cfg.tokens_per_window
+    first = bits["exact"][:, :L] != bits["fast"][:, :L]
     report["bits_differ_window0"] = float(first.float().mean())
     report.update(motion_drift(motions["exact"], motions["fast"]))
     report.update(lip_error_mm(motions["exact"], motions["fast"], flame))

@@ -10,6 +10,7 @@ import torch
 from .constants import MOTION_DIM, STYLE_FRAMES
 from .errors import FlameTalkError
 from .model.artalk import ARTalkModel
+from .model.audio import freeze_weight_norm
 from .model.generate import Generator
 
 ProgressFn = Callable[[int, int], None]
@@ -40,5 +41,6 @@ def generate_motion(model: ARTalkModel, audio_16k: np.ndarray, style_motion: np.
             raise FlameTalkError(f"style clip must be ({STYLE_FRAMES}, {MOTION_DIM}), got {style_arr.shape}")
         style = torch.from_numpy(style_arr)[None].to(device)
     audio_t = torch.from_numpy(audio)[None].to(device)
+    freeze_weight_norm(model.audio_encoder)  # inference only: training must keep the parametrization
     motion = Generator(model).run(audio_t, style, progress=progress, recompute=recompute)
     return motion[0].float().cpu().numpy()

@@ -84,7 +84,7 @@ def random_init_model(cfg: ARTalkConfig, mode: Mode = "exact", device: str | tor
         elif "norm" in name and p.dim() == 1:
             p.fill_(1.0)
         else:
-            p.copy_((torch.randn(p.shape, generator=gen) * INIT_STD).to(p.dtype))
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype).mul_(INIT_STD))
     reset_buffers(model)
     return model.eval().requires_grad_(False)
 

@@ -46,3 +46,16 @@ def encode_audio_windows(encoder: nn.Module, audio_BN: torch.Tensor) -> torch.Te
     if isinstance(hidden_BLC, tuple):  # wav2vec2 returns (projected, normed); HuBERT returns the tensor
         hidden_BLC = hidden_BLC[0]
     return encoder.encoder(hidden_BLC, attention_mask=None)[0]
+
+
+def freeze_weight_norm(encoder: nn.Module) -> None:
+    """Replace weight-norm parametrizations (the positional convolution) by the weight they compute.
+
+    The parametrization recomputes g * v / |v| on every call: once is enough at inference. The stored weight is the
+    same tensor the parametrization would produce, so results do not change.
+    """
+    from torch.nn.utils import parametrize
+
+    for module in encoder.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
