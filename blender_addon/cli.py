@@ -1,10 +1,19 @@
 """Headless command line (run with a Python that has the bpy module):
 
-    python -m blender_addon.cli animate --flame FLAME --motion MOTION.npz --out take.blend [--glb F] [--fbx F]
+    python -m blender_addon.cli animate --flame FLAME (--audio A [--checkpoint C] [--style S] | --motion M.npz)
+        --out take.blend [--glb F] [--fbx F] [--scene-fps N] [--start-frame N] [controls...]
 
-Builds the FLAME rig from the user's FLAME file, keys the motion at the scene fps (default 25) and saves the .blend
+Builds the FLAME rig from the user's FLAME file, then either generates a take from `--audio` with the model (the
+same code path as the add-on's Generate button: generate.py, the torch worker process, controls, keys, sound strip)
+or keys an existing motion file (`--motion`, optionally with `--audio` for the sound strip), and saves the .blend
 (optionally a .glb/.fbx too). The head mesh keeps FLAME's vertex order, so a checker can evaluate the saved file
-frame by frame against its own FLAME forward pass. Bad input: one line on stderr, exit status 2, nothing written.
+frame by frame against its own FLAME forward pass. Bad input: one line on stderr, exit status 2, nothing written;
+other failures (worker crash, Blender error): one line, exit status 1.
+
+The worker Python is `--worker-python`, else env FLAMETALK_WORKER_PYTHON / the managed runtime (as the add-on's
+preferences), else this Python (`sys.executable`: in a development checkout it has torch and flametalk).
+One invocation makes one take; for many dialogue lines run it once per line (or script generate.run_blocking in one
+process to keep the worker warm).
 """
 
 from __future__ import annotations
@@ -31,17 +40,35 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m blender_addon.cli", description="FlameTalk headless tools (Blender as bpy).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    animate = commands.add_parser("animate", help="build the FLAME rig, key a motion, save a .blend")
+    animate = commands.add_parser("animate", help="build the FLAME rig, generate or key a take, save a .blend")
     animate.add_argument("--flame", required=True, help="FLAME file: generic_model.pkl, FLAME_with_eye.pt or .npz")
-    animate.add_argument("--motion", required=True, help="motion .npz: 'motion' (T, 106) float32 and 'fps'")
+    animate.add_argument("--motion", help="motion .npz to key: 'motion' (T, 106) float32 and 'fps'")
+    animate.add_argument("--audio", help="speech to generate from (with --motion: only the sound strip)")
+    animate.add_argument("--checkpoint", help="checkpoint folder (default: the FlameTalk asset cache)")
+    animate.add_argument("--style", help="style: none, a release clip name (natural_0) or a .pt/.npy/.npz file")
+    animate.add_argument("--style-start", type=int, default=0, help="first frame of the style clip (files)")
+    animate.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default auto)")
+    animate.add_argument("--mode", choices=("exact", "fast"), default="exact", help="numeric mode (default exact)")
+    animate.add_argument("--worker-python", help="Python with torch + flametalk that runs the model")
+    animate.add_argument("--timeout", type=float, help="give up generating after this many seconds")
     animate.add_argument("--out", required=True, help="output .blend")
     animate.add_argument("--glb", help="also export glTF binary here")
     animate.add_argument("--fbx", help="also export FBX here")
-    animate.add_argument("--fps", type=float, default=25.0, help="scene frame rate (default 25)")
+    animate.add_argument("--fps", "--scene-fps", dest="fps", type=float, default=25.0,
+                         help="scene frame rate, e.g. 24, 25, 30, 29.97 (default 25)")
     animate.add_argument("--shape", help="identity: up to 300 FLAME shape coefficients (.npy/.npz/.txt)")
-    animate.add_argument("--take", default="FlameTalk take", help="name of the take's actions")
+    animate.add_argument("--take", help="take name (default: <audio stem>_take1, or 'FlameTalk take')")
     animate.add_argument("--start-frame", type=int, default=1, help="scene frame of the first motion frame")
     animate.add_argument("--flame-version", choices=("2020", "2023"), help="override the detected FLAME version")
+    animate.add_argument("--jaw", type=float, default=1.0, help="jaw intensity (default 1)")
+    animate.add_argument("--expression", type=float, default=1.0, help="expression intensity (default 1)")
+    animate.add_argument("--head", type=float, default=1.0, help="head-motion intensity, 0 = still (default 1)")
+    animate.add_argument("--smoothing", type=float, default=0.0, help="Gaussian sigma in 25 fps frames (0 = off)")
+    animate.add_argument("--simplify", type=float, metavar="MAX_ERROR",
+                         help="fewer keys: largest expression-value error allowed")
+    animate.add_argument("--simplify-rotation", type=float, default=0.25, metavar="DEGREES",
+                         help="with --simplify: largest rotation error allowed (default 0.25)")
+    animate.add_argument("--nla", action="store_true", help="push the take onto NLA tracks")
     return parser
 
 
@@ -57,35 +84,49 @@ def _check_output(path: str | None, suffix: str, option: str) -> str | None:
 
 
 def _set_scene_fps(scene: object, fps: float) -> None:
+    from .timing import fps_settings
+
     if not (0 < fps <= 1000):
         raise CliError(f"--fps must be positive, got {fps:g}")
-    whole = max(1, round(fps))
-    scene.render.fps = whole
-    scene.render.fps_base = whole / fps  # e.g. 29.97 -> 30 / 1.001
+    scene.render.fps, scene.render.fps_base = fps_settings(fps)  # e.g. 29.97 -> 30 / 1.001
 
 
-def _export(rig: object, glb: str | None, fbx: str | None) -> None:
-    import bpy
+def _style(args: argparse.Namespace) -> object:
+    from .generate import StyleSpec
 
-    if not (glb or fbx):
-        return
-    bpy.ops.object.select_all(action="DESELECT")
-    for obj in (rig.armature, rig.mesh):  # the helper mesh is an implementation detail: leave it out
-        obj.select_set(True)
-    bpy.context.view_layer.objects.active = rig.armature
-    if glb:
-        bpy.ops.export_scene.gltf(
-            filepath=glb, export_format="GLB", use_selection=True, export_animation_mode="ACTIVE_ACTIONS",
-            export_morph_normal=False, export_try_sparse_sk=False,
-        )
-    if fbx:
-        bpy.ops.export_scene.fbx(
-            filepath=fbx, use_selection=True, object_types={"ARMATURE", "MESH"}, add_leaf_bones=False,
-            bake_anim=True, bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False,
-        )
+    spec = (args.style or "").strip()
+    if spec.lower() in ("", "none", "default"):
+        return StyleSpec()
+    if os.path.sep in spec or "/" in spec or os.path.splitext(spec)[1].lower() in (".pt", ".pth", ".npy", ".npz"):
+        return StyleSpec(kind="FILE", path=os.path.abspath(spec), start=args.style_start)
+    return StyleSpec(kind="RELEASE", name=spec)
+
+
+def _request(args: argparse.Namespace, scene: object) -> object:
+    from . import paths
+    from .controls import Controls
+    from .generate import GenerateRequest
+    from .preferences import default_worker_python
+
+    controls = Controls(jaw=args.jaw, expression=args.expression, head=args.head, smoothing=args.smoothing,
+                        simplify=args.simplify is not None, expression_tolerance=args.simplify or 0.0,
+                        rotation_tolerance_deg=args.simplify_rotation)
+    try:
+        controls.check()
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    return GenerateRequest(
+        rig=None, audio=os.path.abspath(args.audio) if args.audio else "",
+        checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else str(paths.default_checkpoint_dir()),
+        worker_python=args.worker_python or default_worker_python() or sys.executable,
+        device=args.device.lower(), mode=args.mode, style=_style(args), start_frame=args.start_frame,
+        controls=controls, push_to_nla=args.nla, add_sound_strip=bool(args.audio), range_mode="FIT",
+        take_name=args.take or ("" if args.audio else "FlameTalk take"), scene=scene)
 
 
 def animate(args: argparse.Namespace) -> int:
+    if not (args.motion or args.audio):
+        raise CliError("give --audio (generate a take) or --motion (key a motion file)")
     out = _check_output(args.out, ".blend", "--out")
     glb = _check_output(args.glb, ".glb", "--glb")
     fbx = _check_output(args.fbx, ".fbx", "--fbx")
@@ -93,33 +134,62 @@ def animate(args: argparse.Namespace) -> int:
         import bpy
     except ImportError:
         raise CliError("needs Blender's Python module 'bpy' (pip install bpy==5.0.1 on Python 3.11)") from None
-    from . import keyframes, rig
+    from . import export, generate, keyframes, rig
 
     # Read and check every input before touching the scene.
     model = load_flame(args.flame, version=args.flame_version, use_torch=False)
     shape = load_shape_coefficients(args.shape, model.n_shape) if args.shape else None
-    motion, motion_fps = keyframes.load_motion(args.motion)
+    motion = motion_fps = None
+    if args.motion:
+        motion, motion_fps = keyframes.load_motion(args.motion)
+    req = _request(args, None)
+    if motion is None:
+        generate.check_inputs(req)
+    elif args.audio:
+        problem = generate.audio_problem(req.audio)
+        if problem:
+            raise CliError(problem)
 
     bpy.ops.wm.read_homefile(use_empty=True, use_factory_startup=True)
     scene = bpy.context.scene
     _set_scene_fps(scene, args.fps)
+    req.scene = scene
     flame_rig = rig.build_rig(model, shape)
-    take = keyframes.write_take(flame_rig, motion, motion_fps, name=args.take, start_frame=args.start_frame)
-    keyframes.fit_scene_range(scene, take)
+    req.rig = flame_rig
+    if motion is None:
+        result = generate.run_blocking(req, timeout=args.timeout)
+    else:
+        result = generate.apply_motion(flame_rig, motion, motion_fps, audio=req.audio or None, req=req, scene=scene)
+    take = result.take
     scene.frame_set(scene.frame_start)
-    for warning in flame_rig.warnings + take.warnings:
+    for warning in flame_rig.warnings + result.warnings:
         print(f"flametalk: warning: {warning}", file=sys.stderr)
     bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
-    _export(flame_rig, glb, fbx)
+    if glb:
+        export.export_gltf(flame_rig, glb, take.name)
+    if fbx:
+        export.export_fbx(flame_rig, fbx, take.name)
     first, last = take.frame_range
-    print(f"flametalk: wrote {out} ({len(motion)} frames at {motion_fps:g} fps -> scene frames {first:g}..{last:g})")
+    print(f"flametalk: wrote {out} (take {take.name}: {len(result.motion)} frames at 25 fps -> scene frames "
+          f"{first:g}..{last:g}, {take.n_keys} keys)")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        from .generate import GenerateError
+    except ImportError:  # no bpy: animate() reports it
+
+        class GenerateError(Exception):  # type: ignore[no-redef]
+            kind = "input"
+
+    try:
         args = _parser().parse_args(argv)
         return animate(args)
+    except GenerateError as err:
+        message = " ".join(str(err).split())
+        print(f"flametalk: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT if err.kind == "input" else 1
     except (CliError, FlameFileError, ValueError) as err:
         message = " ".join(str(err).split())  # always exactly one line
         print(f"flametalk: error: {message}", file=sys.stderr)

@@ -64,3 +64,43 @@ def new_fcurve(fcurves: Any, data_path: str, index: int, group: str = "") -> bpy
 def sequencer_strips(editor: bpy.types.SequenceEditor) -> Any:
     """Top-level strips of a sequence editor (5.0: `strips`, before: `sequences`)."""
     return editor.strips if hasattr(editor, "strips") else editor.sequences
+
+
+def all_strips(editor: bpy.types.SequenceEditor | None) -> Any:
+    """Every strip, also inside meta strips (5.0: `strips_all`, before: `sequences_all`); [] without an editor."""
+    if editor is None:
+        return []
+    return editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
+
+
+def all_strips_property() -> str:
+    """Name of the all-strips collection on SequenceEditor, for UILayout.prop_search."""
+    return "strips_all" if "strips_all" in bpy.types.SequenceEditor.bl_rna.properties else "sequences_all"
+
+
+def iter_action_fcurves(action: bpy.types.Action) -> list[bpy.types.FCurve]:
+    """Every F-curve of an action, over all layers, strips and slots (flat list before 4.4)."""
+    if not has_slotted_actions() or not hasattr(action, "layers"):
+        return list(action.fcurves)
+    curves: list[bpy.types.FCurve] = []
+    for layer in action.layers:
+        for strip in layer.strips:
+            for bag in getattr(strip, "channelbags", ()):
+                curves.extend(bag.fcurves)
+    if not curves and "fcurves" in action.bl_rna.properties:  # 4.4/4.5 legacy view of a single-slot action
+        curves = list(action.fcurves)
+    return curves
+
+
+def push_to_nla(owner: bpy.types.ID, action: bpy.types.Action, start: int, track_name: str) -> Any:
+    """Put `action` on a new NLA track of `owner` at `start` (slot chosen as for the active action), then clear
+    the active action, like the Action editor's Push Down. Returns the track."""
+    slot = assign_action(owner, action)
+    adt = owner.animation_data
+    track = adt.nla_tracks.new()
+    track.name = track_name
+    strip = track.strips.new(track_name, int(start), action)
+    if slot is not None and "action_slot" in strip.bl_rna.properties and strip.action_slot != slot:
+        strip.action_slot = slot
+    adt.action = None
+    return track

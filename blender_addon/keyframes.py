@@ -20,6 +20,7 @@ import bpy
 import numpy as np
 
 from . import compat
+from .controls import simplify_indices
 from .flame import JOINT_NAMES, axis_angle_to_quaternion
 from .flame.lbs import EXPR, HEAD_ROT, JAW_ROT, MOTION_DIM
 from .rig import EXPR_KEY, SLIDER_LIMIT, FlameRig
@@ -40,6 +41,7 @@ class Take:
     shape_action: bpy.types.Action
     frames: np.ndarray  # scene frame of every motion frame
     warnings: list[str] = field(default_factory=list)
+    n_keys: int = 0  # keyframes written over all curves
 
     @property
     def frame_range(self) -> tuple[float, float]:
@@ -97,7 +99,8 @@ def continuous_quaternions(axis_angle: np.ndarray) -> np.ndarray:
     return quats
 
 
-def _fill(fcurves: object, data_path: str, index: int, group: str, frames: np.ndarray, values: np.ndarray) -> None:
+def _fill(fcurves: object, data_path: str, index: int, group: str, frames: np.ndarray, values: np.ndarray) -> int:
+    """One F-curve with linear keys at `frames`; returns the number of keys."""
     fcurve = compat.new_fcurve(fcurves, data_path, index, group)
     points = fcurve.keyframe_points
     points.add(len(frames))
@@ -108,6 +111,7 @@ def _fill(fcurves: object, data_path: str, index: int, group: str, frames: np.nd
     points.foreach_set("handle_right", co)
     points.foreach_set("interpolation", np.full(len(frames), compat.KEY_INTERPOLATION["LINEAR"], dtype=np.int32))
     fcurve.update()
+    return len(frames)
 
 
 def _new_action(name: str, role: str) -> bpy.types.Action:
@@ -134,8 +138,13 @@ def write_take(
     name: str = "FlameTalk take",
     scene: bpy.types.Scene | None = None,
     start_frame: float | None = None,
+    simplify: tuple[float, float] | None = None,
 ) -> Take:
-    """Key `motion` into two new actions and make them active on the rig; returns the Take."""
+    """Key `motion` into two new actions and make them active on the rig; returns the Take.
+
+    simplify: None = a key on every motion frame; (expression tolerance, quaternion-component tolerance) = the
+    fewest linear keys within those tolerances (controls.simplify_indices; a bone's 4 components share keys).
+    """
     motion, motion_fps = validate_motion(motion, motion_fps)
     scene = scene or bpy.context.scene
     start = float(scene.frame_start if start_frame is None else start_frame)
@@ -155,6 +164,11 @@ def write_take(
     name = bone_action.name  # Blender appends .001 etc. when the name is taken
     shape_action = _new_action(f"{name} shapes", "shapes")
     bone_action[TAKE_PROP] = shape_action[TAKE_PROP] = name
+    n_keys = 0
+
+    def kept(values: np.ndarray, tolerance: float) -> np.ndarray:
+        return np.arange(len(frames)) if simplify is None else simplify_indices(frames, values, tolerance)
+
     try:
         bone_curves = compat.action_fcurves(bone_action, rig.armature)
         rotations = {"root": motion[:, HEAD_ROT], "jaw": motion[:, JAW_ROT]}
@@ -162,17 +176,20 @@ def write_take(
             path = f'pose.bones["{bone}"].rotation_quaternion'
             if bone in rotations:
                 quats = continuous_quaternions(rotations[bone])
+                keep = kept(quats, simplify[1] if simplify else 0.0)
                 for index in range(4):
-                    _fill(bone_curves, path, index, bone, frames, quats[:, index])
+                    n_keys += _fill(bone_curves, path, index, bone, frames[keep], quats[keep, index])
             else:  # ARTalk keeps neck and eyes still: one rest key makes the take self-contained
                 for index, value in enumerate((1.0, 0.0, 0.0, 0.0)):
-                    _fill(bone_curves, path, index, bone, frames[:1], np.array([value]))
+                    n_keys += _fill(bone_curves, path, index, bone, frames[:1], np.array([value]))
 
         shape_curves = compat.action_fcurves(shape_action, rig.key)
         for e in range(n_expr):
             block = rig.key.key_blocks[EXPR_KEY.format(e)]
             block.slider_min, block.slider_max = -SLIDER_LIMIT, SLIDER_LIMIT  # a user may have narrowed them
-            _fill(shape_curves, f'key_blocks["{block.name}"].value', 0, "Expression", frames, expr[:, e])
+            keep = kept(expr[:, e], simplify[0] if simplify else 0.0)
+            n_keys += _fill(shape_curves, f'key_blocks["{block.name}"].value', 0, "Expression", frames[keep],
+                            expr[keep, e])
     except BaseException:
         for action in (bone_action, shape_action):
             bpy.data.actions.remove(action)
@@ -180,7 +197,7 @@ def write_take(
             if action is not None:
                 compat.assign_action(owner, action)
         raise
-    return Take(name, bone_action, shape_action, frames, warnings)
+    return Take(name, bone_action, shape_action, frames, warnings, n_keys)
 
 
 def fit_scene_range(scene: bpy.types.Scene, take: Take) -> None:

@@ -41,6 +41,7 @@ class WorkerClient:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self.hello: dict[str, Any] | None = None
         self._ids = itertools.count(1)
+        self._stderr_thread: threading.Thread | None = None
         self._pending: dict[int, list[dict[str, Any]]] = {}
 
     # ---- process ----
@@ -66,7 +67,8 @@ class WorkerClient:
         except OSError as err:
             raise WorkerError(f"cannot start the worker with {self.python} ({err})", "setup") from err
         threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_thread.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -127,9 +129,14 @@ class WorkerClient:
 
     def _died(self, when: str) -> WorkerError:
         code = self.proc.poll() if self.proc else None
+        if code is not None and self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=2.0)  # its last words (a traceback) may still be in the pipe
         self.proc, self.hello = None, None
-        return WorkerError(f"the worker stopped unexpectedly {when} (exit code {code}): {self._last_stderr()}",
-                           "crash")
+        last = self._last_stderr()
+        if "No module named" in last and ("flametalk" in last or "'torch'" in last):
+            return WorkerError(f"{self.python} cannot run the worker ({last}); set up the runtime in the FlameTalk "
+                               "preferences or pick a Python where flametalk and torch are installed", "setup")
+        return WorkerError(f"the worker stopped unexpectedly {when} (exit code {code}): {last}", "crash")
 
     # ---- requests ----
     def submit(self, cmd: str, **fields: Any) -> int:
@@ -192,14 +199,15 @@ class WorkerClient:
             time.sleep(0.02)
 
 
-_CLIENTS: dict[str, WorkerClient] = {}
+_CLIENTS: dict[tuple[str, tuple[tuple[str, str], ...]], WorkerClient] = {}
 
 
-def get_client(python: str) -> WorkerClient:
-    """The warm worker for this Python (one per interpreter path)."""
-    client = _CLIENTS.get(python)
+def get_client(python: str, env: dict[str, str] | None = None) -> WorkerClient:
+    """The warm worker for this Python (one per interpreter path and extra environment)."""
+    key = (python, tuple(sorted((env or {}).items())))
+    client = _CLIENTS.get(key)
     if client is None:
-        client = _CLIENTS[python] = WorkerClient(python)
+        client = _CLIENTS[key] = WorkerClient(python, env)
     return client
 
 

@@ -7,6 +7,10 @@
       Run the model of a parity vector on its inputs and save the outputs.
   assets download [--accept-flame-license] | status | verify   [--cache DIR]
       Fetch / list / re-hash the release files in the per-user cache.
+  train CONFIG [--set KEY=VALUE] [--no-resume] [--stop-at STEP]     (torchrun --nproc_per_node N -m flametalk train)
+  evaluate --checkpoint C --data DIR --flame F --masks FLAME_masks.pkl [--split test] [--json FILE]
+  dataset validate DIR
+      Training (stage 1 autoencoder / stage 2 generator), LVE/FDD/MOD evaluation, dataset checks: flametalk.train.
 
 Errors caused by input or set-up print one line `flametalk: error: <what is wrong; what to do>` to stderr and exit
 with the error's code (2 bad input, 3 model hub unreachable); anything unexpected prints a short line and exits 1
@@ -251,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("drift", parents=[common], help="fast-mode drift from exact mode, as JSON")
     drift.add_arguments(d)
     d.set_defaults(func=drift.command)
+
+    from .train import commands as train_commands  # argparse only: torch loads when a command runs
+
+    train_commands.register_train(sub, [common])
+    train_commands.register_evaluate(sub, [common])
+    train_commands.register_dataset(sub, [common])
     return parser
 
 
