@@ -91,3 +91,18 @@ def test_config_files_json_toml_overrides_and_typos(tmp_path):
     vq = config_from_dict({"data": {"root": "/d"}, "model": {"VAE_CONFIG": {"QUANTIZER": "vq", "V_CODE_DIM": 64}}})
     assert vq.model_config().quantizer == "vq" and vq.model_config().logits_dim == 256
     assert vq.model_config().patch_nums == (1, 5, 25, 50, 100)  # VAE_CONFIG merged key by key
+
+
+def test_example_configs_parse():
+    from pathlib import Path
+
+    import flametalk.train
+
+    folder = Path(flametalk.train.__file__).parent / "configs"
+    configs = {p.stem: load_config(p, ["data.root=/d"]) for p in sorted(folder.glob("*.toml"))}
+    assert set(configs) == {"stage1_release", "stage2_release", "stage1_paper_vq", "stage2_paper_hubert",
+                            "finetune_release"}
+    assert configs["stage1_release"].model_config() == configs["stage2_release"].model_config()  # the release
+    vq = configs["stage1_paper_vq"].model_config()
+    assert (vq.quantizer, vq.code_dim, vq.codebook_size) == ("vq", 64, 256)
+    assert configs["stage2_paper_hubert"].model_config().audio_encoder == "hubert"

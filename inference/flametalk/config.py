@@ -45,7 +45,9 @@ class ARTalkConfig:
     audio_encoder_config: dict[str, Any] = field(default_factory=lambda: dict(XLSR_300M_CONFIG))
     # temporal multi-scale motion autoencoder
     motion_dim: int = 106
-    code_dim: int = 32  # bits per token (binary spherical quantiser)
+    code_dim: int = 32  # bits per token (binary spherical quantiser); vector width for the VQ codebook
+    quantizer: str = "bsq"  # "bsq" (release: binary spherical) or "vq" (paper: codebook of codebook_size vectors)
+    codebook_size: int = 256  # VQ only: the paper's 256 x 64 codebook
     vae_depth: int = 8
     vae_heads: int = 8
     vae_hidden: int = 512
@@ -66,6 +68,11 @@ class ARTalkConfig:
         return sum(self.patch_nums)
 
     @property
+    def logits_dim(self) -> int:
+        """Outputs per token of the AR head: 2 logits per bit (BSQ) or one per codebook entry (VQ)."""
+        return 2 * self.code_dim if self.quantizer == "bsq" else self.codebook_size
+
+    @property
     def audio_dim(self) -> int:
         return int(self.audio_encoder_config["hidden_size"])
 
@@ -84,6 +91,8 @@ class ARTalkConfig:
                 audio_encoder_config=dict(audio_cfg) if audio_cfg else dict(XLSR_300M_CONFIG),
                 motion_dim=int(vae.get("MOTION_DIM", 106)),
                 code_dim=int(vae["V_CODE_DIM"]),
+                quantizer=str(vae.get("QUANTIZER", "bsq")),
+                codebook_size=int(vae.get("V_CODEBOOK_SIZE", 256)),
                 vae_depth=int(vae["T_DEPTH"]),
                 vae_heads=int(vae["T_NUM_HEADS"]),
                 vae_hidden=int(vae["T_HIDDEN_DIM"]),
@@ -98,7 +107,7 @@ class ARTalkConfig:
         return out
 
     def to_release_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "AR_CONFIG": {
                 "T_DEPTH": self.ar_depth,
                 "T_NUM_HEADS": self.ar_heads,
@@ -116,6 +125,9 @@ class ARTalkConfig:
             },
             "AUDIO_ENCODER_CONFIG": dict(self.audio_encoder_config),
         }
+        if self.quantizer != "bsq":  # release files stay byte-for-byte in the release layout
+            out["VAE_CONFIG"].update({"QUANTIZER": self.quantizer, "V_CODEBOOK_SIZE": self.codebook_size})
+        return out
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> ARTalkConfig:
@@ -145,5 +157,9 @@ class ARTalkConfig:
             problems.append("PREV_RATIO must be >= 1")
         if self.audio_encoder not in ("wav2vec", "hubert"):
             problems.append(f"AUDIO_ENCODER {self.audio_encoder!r} is not supported (wav2vec, hubert)")
+        if self.quantizer not in ("bsq", "vq"):
+            problems.append(f"QUANTIZER {self.quantizer!r} is not supported (bsq, vq)")
+        if self.quantizer == "vq" and self.codebook_size < 2:
+            problems.append("V_CODEBOOK_SIZE must be >= 2")
         if problems:
             raise FlameTalkError("invalid model config: " + "; ".join(problems))

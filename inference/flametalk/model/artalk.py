@@ -119,7 +119,7 @@ class ARTalkModel(nn.Module):
             AdaLNBlock(E, cfg.audio_dim, cfg.ar_heads, cfg.mlp_ratio) for _ in range(cfg.ar_depth)
         )
         self.cond_logits_head = AdaLNHead(E, cfg.audio_dim)
-        self.logits_head = nn.Linear(E, 2 * cfg.code_dim)
+        self.logits_head = nn.Linear(E, cfg.logits_dim)
         self.null_style_cond = nn.Parameter(torch.zeros(1, 1, E))
         self.pos_embed = nn.Parameter(torch.zeros(1, L, E))
         self.prev_pos_embed = nn.Parameter(torch.zeros(1, L * cfg.prev_ratio, E))
@@ -171,3 +171,9 @@ class ARTalkModel(nn.Module):
     def bits_from_logits(self, logits_BL2C: torch.Tensor) -> torch.Tensor:
         B, L, _ = logits_BL2C.shape
         return logits_BL2C.view(B, L, self.cfg.code_dim, 2).argmax(dim=-1)
+
+    def codes_from_logits(self, logits_BLX: torch.Tensor) -> torch.Tensor:
+        """Argmax decoding: bits (B, L, C) for BSQ, codebook indices (B, L) for the VQ variant."""
+        if self.cfg.quantizer == "bsq":
+            return self.bits_from_logits(logits_BLX)
+        return logits_BLX.argmax(dim=-1)

@@ -18,7 +18,6 @@ import torch
 from ..constants import FPS, SAMPLE_RATE
 from .artalk import ARTalkModel
 from .audio import encode_audio_windows
-from .quantizer import NextScaleInput, bits_to_ar_inputs
 
 ProgressFn = Callable[[int, int], None]
 
@@ -37,10 +36,11 @@ class WindowState:
 
 
 class Generator:
-    def __init__(self, model: ARTalkModel, audio_batch: int = 8):
+    def __init__(self, model: ARTalkModel, audio_batch: int = 1):
         self.model = model
         self.cfg = model.cfg
-        self.audio_batch = audio_batch  # windows per audio-encoder call
+        # Windows per audio-encoder call. Batching measured no faster on CPU and raises peak memory.
+        self.audio_batch = audio_batch
 
     # ---- audio ----
     def split_windows(self, audio_BN: torch.Tensor) -> torch.Tensor:
@@ -70,12 +70,12 @@ class Generator:
         B = style_B1E.shape[0]
         zeros = torch.zeros(B, self.cfg.window_frames, self.cfg.motion_dim, device=style_B1E.device)
         prev_bits = self.model.basic_vae.encode_single(zeros)
-        tokens = self.model.window_tokens(style_B1E, bits_to_ar_inputs(prev_bits, self.cfg.patch_nums))
+        tokens = self.model.window_tokens(style_B1E, self.model.basic_vae.ar_inputs(prev_bits))
         return WindowState(prev_bits, tokens.repeat(1, self.cfg.prev_ratio, 1))
 
     def next_state(self, state: WindowState, motion_BTD: torch.Tensor, style_B1E: torch.Tensor) -> WindowState:
         prev_bits = self.model.basic_vae.encode_single(motion_BTD)
-        tokens = self.model.window_tokens(style_B1E, bits_to_ar_inputs(prev_bits, self.cfg.patch_nums))
+        tokens = self.model.window_tokens(style_B1E, self.model.basic_vae.ar_inputs(prev_bits))
         L = tokens.shape[1]
         return WindowState(prev_bits, torch.cat([state.context_BSE[:, L:], tokens], dim=1))
 
@@ -102,7 +102,7 @@ class Generator:
             v_buf = v_ctx.new_empty(B, H, Lp + self.cfg.tokens_per_window, c)
             k_buf[:, :, :Lp], v_buf[:, :, :Lp] = k_ctx, v_ctx
             kv.append((k_buf, v_buf))
-        acc = NextScaleInput(B, self.cfg.code_dim, pn_list, style_B1E.device)
+        acc = m.basic_vae.next_scale_input(B, style_B1E.device)
         x_BPE = style_B1E + pos_1LE[:, :1]
         all_bits, start = [], 0
         for k, pn in enumerate(pn_list):
@@ -114,7 +114,7 @@ class Generator:
                 k_buf[:, :, Lp + start : end], v_buf[:, :, Lp + start : end] = blk.attn.keys_values(h)
                 out = blk.attn.attend(blk.attn.queries(h), k_buf[:, :, :end], v_buf[:, :, :end])
                 x_BPE = blk.finish(x_BPE, out, mod)
-            bits = m.bits_from_logits(m.logits_head(m.cond_logits_head(x_BPE, head_mod[:, sl])))
+            bits = m.codes_from_logits(m.logits_head(m.cond_logits_head(x_BPE, head_mod[:, sl])))
             all_bits.append(bits)
             if k + 1 < len(pn_list):
                 nxt = slice(start + pn, start + pn + pn_list[k + 1])
@@ -133,9 +133,9 @@ class Generator:
             x = tokens + pos_1LE[:, :n]
             for b, blk in enumerate(m.attn_blocks):
                 x = blk(x, ctx_BSE, mods[b][:, :n], bias)
-            bits = m.bits_from_logits(m.logits_head(m.cond_logits_head(x, head_mod[:, :n])))
+            bits = m.codes_from_logits(m.logits_head(m.cond_logits_head(x, head_mod[:, :n])))
             if k + 1 < len(pn_list):
-                tokens = m.window_tokens(style_B1E, bits_to_ar_inputs(bits, pn_list, upto=k))
+                tokens = m.window_tokens(style_B1E, m.basic_vae.ar_inputs(bits, upto=k))
         return bits
 
     # ---- whole clip ----

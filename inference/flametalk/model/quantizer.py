@@ -78,9 +78,13 @@ class NextScaleInput:
         self.code_dim = code_dim
         self.f_hat_BCT = torch.zeros(batch, code_dim, patch_nums[-1], dtype=torch.float32, device=device)
 
+    def token_features(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes of one scale -> their features (B, P, C); the VQ variant overrides this with codebook vectors."""
+        return bits_to_sphere(codes, self.code_dim)
+
     def push(self, k: int, bits_BPC: torch.Tensor) -> torch.Tensor:
         T = self.patch_nums[-1]
-        h_BCP = bits_to_sphere(bits_BPC, self.code_dim).transpose(1, 2).contiguous()
+        h_BCP = self.token_features(bits_BPC).transpose(1, 2).contiguous()
         self.f_hat_BCT.add_(linear_resize_BCT(h_BCP, T).contiguous())
         nxt_BCP = F.interpolate(self.f_hat_BCT, size=self.patch_nums[k + 1], mode="area").contiguous()
         return nxt_BCP.transpose(1, 2).contiguous()

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ARTalkConfig
-from .quantizer import bits_to_frame_features, quantize_residual
+from .codebook import CodebookQuantizer
+from .quantizer import NextScaleInput, bits_to_ar_inputs, bits_to_frame_features, quantize_residual
 
 
 class FrameSelfAttention(nn.Module):
@@ -78,6 +79,9 @@ class MotionAutoencoder(nn.Module):
         self.register_buffer("attn_mask", self.causal_window_mask(T))
         self.register_buffer("motion_mean", torch.zeros(D))
         self.register_buffer("motion_std", torch.ones(D))
+        # The paper's VQ variant adds its codebook (`quantizer.embedding.weight`); the release's BSQ has no weights,
+        # so release checkpoints keep their exact key set.
+        self.quantizer = CodebookQuantizer(cfg.codebook_size, C) if cfg.quantizer == "vq" else None
 
     @staticmethod
     def causal_window_mask(T: int) -> torch.Tensor:
@@ -94,18 +98,43 @@ class MotionAutoencoder(nn.Module):
         T = self.cfg.window_frames
         enc = self.encoder(self.normalize(torch.cat([prev_BTD, this_BTD], dim=1)) + self.enc_pos_embed,
                            self.attn_mask)
-        return quantize_residual(enc[:, :T], self.cfg.patch_nums), quantize_residual(enc[:, T:], self.cfg.patch_nums)
+        return self.quantize(enc[:, :T]), self.quantize(enc[:, T:])
 
     def encode_single(self, motion_BTD: torch.Tensor) -> torch.Tensor:
         """One window on its own (the 'previous' slot only): how generation re-encodes each finished window."""
         T = self.cfg.window_frames
         enc = self.encoder(self.normalize(motion_BTD) + self.enc_pos_embed[:, :T], self.attn_mask[:, :, :T, :T])
-        return quantize_residual(enc, self.cfg.patch_nums)
+        return self.quantize(enc)
+
+    # ---- the quantiser's interface: codes are bits (B, L, C) for BSQ, codebook indices (B, L) for VQ ----
+    def quantize(self, enc_BTC: torch.Tensor) -> torch.Tensor:
+        if self.quantizer is None:
+            return quantize_residual(enc_BTC, self.cfg.patch_nums)
+        return self.quantizer.quantize_residual(enc_BTC, self.cfg.patch_nums)
+
+    def frame_features(self, codes: torch.Tensor) -> torch.Tensor:
+        if self.quantizer is None:
+            return bits_to_frame_features(codes, self.cfg.patch_nums)
+        return self.quantizer.frame_features(codes, self.cfg.patch_nums)
+
+    def ar_inputs(self, codes: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        """Codes of scales 0..upto -> the AR model's inputs of scales 1..upto+1 (default: all)."""
+        if self.quantizer is None:
+            return bits_to_ar_inputs(codes, self.cfg.patch_nums, upto)
+        return self.quantizer.ar_inputs(codes, self.cfg.patch_nums, upto)
+
+    def next_scale_input(self, batch: int, device: torch.device) -> NextScaleInput:
+        if self.quantizer is None:
+            return NextScaleInput(batch, self.cfg.code_dim, self.cfg.patch_nums, device)
+        return self.quantizer.next_scale_input(batch, self.cfg.patch_nums, device)
+
+    def decode_features(self, feat_B2TC: torch.Tensor) -> torch.Tensor:
+        """Decoder over [previous, current] frame features (B, 2T, C) -> motion (B, 2T, motion_dim), data units."""
+        return self.decoder(feat_B2TC + self.dec_pos_embed, self.attn_mask) * self.motion_std + self.motion_mean
 
     def decode_pair(self, prev_bits: torch.Tensor, this_bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(prev bits, this bits) -> (prev motion, this motion), each (B, T, motion_dim) in data units."""
         T = self.cfg.window_frames
-        feat = torch.cat([bits_to_frame_features(prev_bits, self.cfg.patch_nums),
-                          bits_to_frame_features(this_bits, self.cfg.patch_nums)], dim=1)
-        motion = self.decoder(feat + self.dec_pos_embed, self.attn_mask) * self.motion_std + self.motion_mean
+        feat = torch.cat([self.frame_features(prev_bits), self.frame_features(this_bits)], dim=1)
+        motion = self.decode_features(feat)
         return motion[:, :T], motion[:, T:]
