@@ -32,11 +32,12 @@ def assert_matches(out: dict, ref: dict) -> None:
             assert flipped == 0, f"{key}: {flipped} of {want.numel()} bits differ"
 
 
-@pytest.mark.parametrize("recompute", [False, True], ids=["cached", "release-order"])
-def test_every_output_matches_the_release(vector, recompute):
+@pytest.mark.parametrize("recompute, prepare", [(False, True), (False, False), (True, False)],
+                         ids=["cached-packed", "cached", "release-order"])
+def test_every_output_matches_the_release(vector, recompute, prepare):
     torch.backends.cuda.matmul.allow_tf32 = False
     model = model_from_vector(vector)
-    out = compute_outputs(model, vector["inputs"], recompute=recompute)
+    out = compute_outputs(model, vector["inputs"], recompute=recompute, prepare=prepare)
     assert_matches(out, vector["outputs"])
     # decoded motions are not all-zero placeholders: they move, and style changes them
     assert out["motion_with_style"].std() > 0.01

@@ -59,13 +59,14 @@ def run_bench(args: argparse.Namespace) -> dict:
         model = random_init_model(ARTalkConfig(), args.mode, device)
     audio = test_signal(args.seconds)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    generate = release_order_generate if args.release_order else generate_motion
     for _ in range(args.warmup):
-        generate_motion(model, audio[: SAMPLE_RATE * 4])
+        generate(model, audio[: SAMPLE_RATE * 4])
     sync()
     times = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        motion = generate_motion(model, audio)
+        motion = generate(model, audio)
         sync()
         times.append(time.perf_counter() - t0)
     compute = float(np.median(times))
@@ -74,7 +75,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         "seconds_compute": round(compute, 4),
         "rtf": round(compute / args.seconds, 5),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "mode": args.mode,
+        "mode": "release-order" if args.release_order else args.mode,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "frames": int(motion.shape[0]),
@@ -87,6 +88,18 @@ def run_bench(args: argparse.Namespace) -> dict:
     return result
 
 
+def release_order_generate(model, audio: np.ndarray) -> np.ndarray:
+    """The release's computation order, for a same-machine baseline: every scale step re-runs all earlier tokens
+    of the window, weights stay unpacked and the weight norm is recomputed per call (what the release does)."""
+    import torch
+
+    from .model.generate import Generator
+
+    with torch.inference_mode():
+        x = torch.from_numpy(audio)[None].to(model.pos_embed.device)
+        return Generator(model).run(x, None, recompute=True)[0].cpu().numpy()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-init", action="store_true", help="full-size release architecture, random weights")
     p.add_argument("--checkpoint", help="time a real checkpoint instead of --random-init")
@@ -96,6 +109,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--repeat", type=int, default=1, help="timed runs; the median is reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed 4-s runs first")
+    p.add_argument("--release-order", action="store_true",
+                   help="baseline: the release's recompute-everything order, unpacked weights (exact numbers)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
 
 

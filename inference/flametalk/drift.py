@@ -63,7 +63,7 @@ def compare(model_exact, model_fast, audio: np.ndarray, style: np.ndarray | None
             return out
 
         gen.window_bits = spy  # type: ignore[method-assign]
-        dev = next(model.parameters()).device
+        dev = model.pos_embed.device
         with torch.inference_mode():
             st = None if style is None else torch.from_numpy(style)[None].to(dev)
             motions[name] = gen.run(torch.from_numpy(audio)[None].to(dev), st)[0].float().cpu().numpy()

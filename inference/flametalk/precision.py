@@ -32,6 +32,8 @@ def fp32_parts(model: ARTalkModel) -> list[nn.Module]:
 
 def apply_mode(model: ARTalkModel, mode: Mode) -> ARTalkModel:
     """Cast in place for `mode` (weights are converted once, not per call)."""
+    if getattr(model, "_prepared_for_inference", False):
+        raise ValueError("apply_mode must run before the model is prepared for inference (packed weights)")
     if mode == "exact":
         return model.float()
     if mode != "fast":

@@ -46,10 +46,17 @@ def model_from_vector(vector: dict[str, Any], device: str | torch.device = "cpu"
 
 
 @torch.inference_mode()
-def compute_outputs(model: ARTalkModel, inputs: dict[str, torch.Tensor], recompute: bool = False
-                    ) -> dict[str, torch.Tensor]:
-    """Every output the vector format records, from the vector's inputs (raw model outputs, no post-processing)."""
-    device = next(model.parameters()).device
+def compute_outputs(model: ARTalkModel, inputs: dict[str, torch.Tensor], recompute: bool = False,
+                    prepare: bool = False) -> dict[str, torch.Tensor]:
+    """Every output the vector format records, from the vector's inputs (raw model outputs, no post-processing).
+
+    prepare=True runs the inference-prepared model (pre-packed weights), the path generate uses.
+    """
+    if prepare:
+        from .pipeline import prepare_for_inference
+
+        prepare_for_inference(model)
+    device = model.pos_embed.device
     audio = inputs["audio_16k"].float().to(device)
     style = inputs["style_motion"].float().to(device)
     gen = Generator(model)
@@ -74,7 +81,7 @@ def run_reference(vector_path: str | Path, out_path: str | Path, device: str = "
     dev = resolve_device(device)
     vector = load_vector(vector_path)
     model = model_from_vector(vector, dev)
-    outputs = compute_outputs(model, vector["inputs"])
+    outputs = compute_outputs(model, vector["inputs"], prepare=True)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")

@@ -143,7 +143,7 @@ class ARTalkModel(nn.Module):
     def compute_dtype(self) -> torch.dtype:
         """dtype of the AR transformer (fp32 exact; bf16/fp16 in fast mode, where the autoencoder and the style
         encoder stay fp32)."""
-        return self.vqfeat_embed.weight.dtype
+        return self.pos_embed.dtype
 
     def style_condition(self, style_BLD: torch.Tensor | None, batch: int = 1) -> torch.Tensor:
         """(B, 1, E) style token. With a clip: 1.1 * embedding - 0.1 * null (the release's guidance)."""

@@ -40,7 +40,7 @@ def encode_audio_windows(encoder: nn.Module, audio_BN: torch.Tensor) -> torch.Te
 
     Windows are independent here, so callers may batch as many as memory allows.
     """
-    x = normalize_windows(audio_BN.float()).to(encoder.feature_projection.projection.weight.dtype)
+    x = normalize_windows(audio_BN.float()).to(encoder.feature_extractor.conv_layers[0].conv.weight.dtype)
     hidden_BLC = encoder.feature_extractor(x).transpose(1, 2)
     hidden_BLC = encoder.feature_projection(hidden_BLC)
     if isinstance(hidden_BLC, tuple):  # wav2vec2 returns (projected, normed); HuBERT returns the tensor
