@@ -200,5 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _exit(code: int) -> None:
+    """bpy 4.2's module crashes while the interpreter shuts down after a glTF export (exit 139 after everything
+    was written). There, skip the teardown once the outputs are closed; later versions exit normally."""
+    import bpy
+
+    if bpy.app.version < (4, 4, 0):
+        from . import worker_client
+
+        worker_client.stop_all()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

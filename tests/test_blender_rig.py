@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from blender_addon import keyframes, registration, rig  # noqa: E402
+from blender_addon import compat, keyframes, registration, rig  # noqa: E402
 from blender_addon.flame import (  # noqa: E402
     JOINT_NAMES,
     axis_angle_to_quaternion,
@@ -116,7 +116,7 @@ def test_keyed_motion_matches_forward_pass(model, flame_files: dict[str, str]) -
         _check_frame(flame_rig, expected[i], "keyed 25 fps")
     # Half-way between keys: linear keys interpolate quaternion components (not unit length); Blender normalises
     # the bone's quaternion and so must the pose-corrective drivers. Expected: FLAME with the interpolated values.
-    curves = list(flame_rig.armature.animation_data.action.layers[0].strips[0].channelbags[0].fcurves)
+    curves = compat.iter_action_fcurves(flame_rig.armature.animation_data.action)
     assert all(k.interpolation == "LINEAR" for fc in curves for k in fc.keyframe_points)
     for i in (2, 8):
         mid = 0.5 * (motion[i] + motion[i + 1])
@@ -191,10 +191,7 @@ def test_takes_keep_earlier_actions_and_curves_stay_exact(model) -> None:
     edited = motion_a[2:3].copy()
     edited[0, 103:106] = [0.5, 0.05, -0.1]
     quat = axis_angle_to_quaternion(edited[0, 103:106])
-    slot = flame_rig.armature.animation_data.action_slot
-    from bpy_extras.anim_utils import action_get_channelbag_for_slot
-
-    for fcurve in action_get_channelbag_for_slot(take_a.bone_action, slot).fcurves:
+    for fcurve in compat.iter_action_fcurves(take_a.bone_action):
         if fcurve.data_path == 'pose.bones["jaw"].rotation_quaternion':
             fcurve.keyframe_points[2].co.y = quat[fcurve.array_index]
             fcurve.update()
@@ -249,7 +246,6 @@ def test_operator_builds_head(flame_files: dict[str, str]) -> None:
 
 
 def test_compat_sequencer_strips() -> None:
-    from blender_addon import compat
 
     editor = bpy.context.scene.sequence_editor_create()
     assert len(compat.sequencer_strips(editor)) == 0
