@@ -8,7 +8,7 @@ blender_addon/flame/synthetic.py are not meant to be looked at. This file has FL
 carries the lower front of the face, and the expression directions are smooth random fields over the face, so a
 keyed take visibly opens the mouth and moves the cheeks. It is a picture prop, not a face model.
 
-The README's picture (docs/images/readme_frame.png) was made with it, the reduced parity model (tests' conftest
+The picture docs/images/readme_frame.png was made with it, the reduced parity model (tests' conftest
 `parity_checkpoint_dir`; its motion is far larger than the release's, hence the scaled-down jaw and head) and the
 demo line:
     python scripts/standin_head.py suzanne.npz
