@@ -19,8 +19,10 @@ process to keep the worker warm).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from .flame import FlameFileError, load_flame, load_shape_coefficients
@@ -37,38 +39,49 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see --help)")
 
 
+def _add_take_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `animate` and `batch`: the head, the model, the scene and the animator controls."""
+    parser.add_argument("--flame", required=True, help="FLAME file: generic_model.pkl, FLAME_with_eye.pt or .npz")
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: the FlameTalk asset cache)")
+    parser.add_argument("--style", help="style: none, a release clip name (natural_0) or a .pt/.npy/.npz file")
+    parser.add_argument("--style-start", type=int, default=0, help="first frame of the style clip (files)")
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default auto)")
+    parser.add_argument("--mode", choices=("exact", "fast"), default="exact", help="numeric mode (default exact)")
+    parser.add_argument("--worker-python", help="Python with torch + flametalk that runs the model")
+    parser.add_argument("--timeout", type=float, help="give up generating after this many seconds")
+    parser.add_argument("--fps", "--scene-fps", dest="fps", type=float, default=25.0,
+                        help="scene frame rate, e.g. 24, 25, 30, 29.97 (default 25)")
+    parser.add_argument("--shape", help="identity: up to 300 FLAME shape coefficients (.npy/.npz/.txt)")
+    parser.add_argument("--start-frame", type=int, default=1, help="scene frame of the first motion frame")
+    parser.add_argument("--flame-version", choices=("2020", "2023"), help="override the detected FLAME version")
+    parser.add_argument("--jaw", type=float, default=1.0, help="jaw intensity (default 1)")
+    parser.add_argument("--expression", type=float, default=1.0, help="expression intensity (default 1)")
+    parser.add_argument("--head", type=float, default=1.0, help="head-motion intensity, 0 = still (default 1)")
+    parser.add_argument("--smoothing", type=float, default=0.0, help="Gaussian sigma in 25 fps frames (0 = off)")
+    parser.add_argument("--simplify", type=float, metavar="MAX_ERROR",
+                        help="fewer keys: largest expression-value error allowed")
+    parser.add_argument("--simplify-rotation", type=float, default=0.25, metavar="DEGREES",
+                        help="with --simplify: largest rotation error allowed (default 0.25)")
+    parser.add_argument("--nla", action="store_true", help="push the take onto NLA tracks")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m blender_addon.cli", description="FlameTalk headless tools (Blender as bpy).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     animate = commands.add_parser("animate", help="build the FLAME rig, generate or key a take, save a .blend")
-    animate.add_argument("--flame", required=True, help="FLAME file: generic_model.pkl, FLAME_with_eye.pt or .npz")
     animate.add_argument("--motion", help="motion .npz to key: 'motion' (T, 106) float32 and 'fps'")
     animate.add_argument("--audio", help="speech to generate from (with --motion: only the sound strip)")
-    animate.add_argument("--checkpoint", help="checkpoint folder (default: the FlameTalk asset cache)")
-    animate.add_argument("--style", help="style: none, a release clip name (natural_0) or a .pt/.npy/.npz file")
-    animate.add_argument("--style-start", type=int, default=0, help="first frame of the style clip (files)")
-    animate.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (default auto)")
-    animate.add_argument("--mode", choices=("exact", "fast"), default="exact", help="numeric mode (default exact)")
-    animate.add_argument("--worker-python", help="Python with torch + flametalk that runs the model")
-    animate.add_argument("--timeout", type=float, help="give up generating after this many seconds")
     animate.add_argument("--out", required=True, help="output .blend")
     animate.add_argument("--glb", help="also export glTF binary here")
     animate.add_argument("--fbx", help="also export FBX here")
-    animate.add_argument("--fps", "--scene-fps", dest="fps", type=float, default=25.0,
-                         help="scene frame rate, e.g. 24, 25, 30, 29.97 (default 25)")
-    animate.add_argument("--shape", help="identity: up to 300 FLAME shape coefficients (.npy/.npz/.txt)")
     animate.add_argument("--take", help="take name (default: <audio stem>_take1, or 'FlameTalk take')")
-    animate.add_argument("--start-frame", type=int, default=1, help="scene frame of the first motion frame")
-    animate.add_argument("--flame-version", choices=("2020", "2023"), help="override the detected FLAME version")
-    animate.add_argument("--jaw", type=float, default=1.0, help="jaw intensity (default 1)")
-    animate.add_argument("--expression", type=float, default=1.0, help="expression intensity (default 1)")
-    animate.add_argument("--head", type=float, default=1.0, help="head-motion intensity, 0 = still (default 1)")
-    animate.add_argument("--smoothing", type=float, default=0.0, help="Gaussian sigma in 25 fps frames (0 = off)")
-    animate.add_argument("--simplify", type=float, metavar="MAX_ERROR",
-                         help="fewer keys: largest expression-value error allowed")
-    animate.add_argument("--simplify-rotation", type=float, default=0.25, metavar="DEGREES",
-                         help="with --simplify: largest rotation error allowed (default 0.25)")
-    animate.add_argument("--nla", action="store_true", help="push the take onto NLA tracks")
+    _add_take_options(animate)
+    batch = commands.add_parser("batch", help="many dialogue lines, one warm worker: a .blend per line")
+    batch.add_argument("audio_files", nargs="+", metavar="AUDIO", help="speech files, one take each")
+    batch.add_argument("--out-dir", required=True, help="folder for <audio stem>.blend (+ .glb / .fbx) per line")
+    batch.add_argument("--glb", action="store_true", help="also export <audio stem>.glb")
+    batch.add_argument("--fbx", action="store_true", help="also export <audio stem>.fbx")
+    _add_take_options(batch)
     return parser
 
 
@@ -125,6 +138,12 @@ def _request(args: argparse.Namespace, scene: object) -> object:
 
 
 def animate(args: argparse.Namespace) -> int:
+    _animate_one(args)
+    return 0
+
+
+def _animate_one(args: argparse.Namespace) -> dict[str, object]:
+    """Build the head, generate or key one take, save (and export). Returns what was written."""
     if not (args.motion or args.audio):
         raise CliError("give --audio (generate a take) or --motion (key a motion file)")
     out = _check_output(args.out, ".blend", "--out")
@@ -172,7 +191,52 @@ def animate(args: argparse.Namespace) -> int:
     first, last = take.frame_range
     print(f"flametalk: wrote {out} (take {take.name}: {len(result.motion)} frames at 25 fps -> scene frames "
           f"{first:g}..{last:g}, {take.n_keys} keys)")
-    return 0
+    return {"take": take.name, "frames": len(result.motion), "keys": take.n_keys, "glb": glb, "fbx": fbx}
+
+
+def batch(args: argparse.Namespace) -> int:
+    """One take per audio file with one warm worker (the model loads once for the whole list).
+
+    A line that fails is reported as one line and skipped; the others still run. `batch_report.json` in the output
+    folder lists every line (status, frames, seconds, files). Exit code: 0 all lines done, 1 some failed.
+    """
+    out_dir = os.path.abspath(args.out_dir)
+    if not os.path.isdir(out_dir):
+        raise CliError(f"--out-dir does not exist: {out_dir}")
+    stems = [os.path.splitext(os.path.basename(a))[0] for a in args.audio_files]
+    if len(set(stems)) != len(stems):
+        raise CliError("two audio files share a name; their outputs would overwrite each other: rename one")
+    load_flame(args.flame, version=args.flame_version, use_torch=False)  # a bad head fails the batch at once
+    report, failed = [], 0
+    for audio, stem in zip(args.audio_files, stems, strict=True):
+        line = argparse.Namespace(**{
+            **vars(args), "audio": audio, "motion": None, "take": None, "out": os.path.join(out_dir, stem + ".blend"),
+            "glb": os.path.join(out_dir, stem + ".glb") if args.glb else None,
+            "fbx": os.path.join(out_dir, stem + ".fbx") if args.fbx else None})
+        t0 = time.perf_counter()
+        entry: dict[str, object] = {"audio": os.path.abspath(audio), "blend": line.out}
+        try:
+            entry.update(_animate_one(line), status="ok")
+            entry["worker_pid"] = _worker_pid(line)
+        except Exception as err:  # one line per failed dialogue line; the batch goes on
+            failed += 1
+            entry.update(status="failed", error=" ".join(str(err).split()))
+            print(f"flametalk: error: {stem}: {entry['error']}", file=sys.stderr)
+        entry["seconds"] = round(time.perf_counter() - t0, 3)
+        report.append(entry)
+    with open(os.path.join(out_dir, "batch_report.json"), "w", encoding="utf-8") as fh:
+        json.dump({"lines": report, "failed": failed}, fh, indent=1)
+    print(f"flametalk: batch done: {len(report) - failed} of {len(report)} lines written to {out_dir}")
+    return 1 if failed else 0
+
+
+def _worker_pid(args: argparse.Namespace) -> int | None:
+    from . import worker_client
+
+    for client in worker_client._CLIENTS.values():
+        if client.alive and client.proc is not None:
+            return client.proc.pid
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         args = _parser().parse_args(argv)
-        return animate(args)
+        return batch(args) if args.command == "batch" else animate(args)
     except GenerateError as err:
         message = " ".join(str(err).split())
         print(f"flametalk: error: {message}", file=sys.stderr)
