@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import operators_runtime, panel, properties
+from . import operators_assets, operators_runtime, panel, properties
 from .operators_export import FLAMETALK_OT_export_fbx, FLAMETALK_OT_export_gltf
 from .operators_generate import FLAMETALK_OT_cancel, FLAMETALK_OT_generate, FLAMETALK_OT_use_take, cancel_on_load
 from .operators_rig import FLAMETALK_OT_build_head
@@ -22,6 +22,7 @@ CLASSES: list[type] = [
     FLAMETALK_OT_export_gltf,
     *panel.CLASSES,
     *operators_runtime.CLASSES,  # worker runtime set-up (packaging)
+    *operators_assets.CLASSES,  # model-file download
 ]
 
 
@@ -30,6 +31,7 @@ def register() -> None:
         bpy.utils.register_class(cls)
     properties.register_properties()
     operators_runtime.register_hooks()
+    operators_assets.register_hooks()
     if cancel_on_load not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(cancel_on_load)
 
@@ -41,6 +43,7 @@ def unregister() -> None:
         bpy.app.handlers.load_pre.remove(cancel_on_load)
     stop_all()
     operators_runtime.unregister_hooks()
+    operators_assets.unregister_hooks()
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         if getattr(cls, "is_registered", False):
