@@ -1,11 +1,9 @@
-"""CPU inference speed-up: linear layers through oneDNN, optionally with weights pre-packed.
+"""CPU inference speed-up: linear layers with weights pre-packed for oneDNN.
 
-torch's CPU `F.linear` calls MKL's GEMM; oneDNN's runs the same fp32 (or bf16) products at ~190-210 GFLOP/s on this
-project's 2-core AVX-512 machine instead of ~110-150 (measured for the model's shapes). Reordering a weight once
-into oneDNN's blocked layout ("packing") adds little for calls of ~200 rows but doubles the speed of the AR
-transformer's few-token calls (5 rows: 178 vs 77 GFLOP/s); it costs ~6 ms per 4M-value fp32 weight, so only the
-layers called with few rows are packed. The products are the same fp32 arithmetic in another summation order
-(differences ~1e-7 relative; the parity test still sees every bit equal).
+torch's CPU `F.linear` calls a BLAS GEMM that re-reads the weight in its plain layout on every call; oneDNN can
+reorder the weight once into its blocked layout and then runs the same fp32 (or bf16) GEMM at ~190-210 GFLOP/s on
+this project's 2-core AVX-512 machine instead of ~100-150. The products are the same fp32 arithmetic in another
+summation order (differences ~1e-7 relative; the parity test still sees every bit equal).
 
 Only used where oneDNN is available and the model sits on the CPU; other devices keep nn.Linear.
 """
@@ -26,14 +24,13 @@ def onednn_available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """Inference-only replacement of nn.Linear through oneDNN (same math; with `pack`, the weight is stored in
-    oneDNN's blocked layout)."""
+    """Inference-only replacement of nn.Linear (same math; weight stored in oneDNN's blocked layout)."""
 
-    def __init__(self, linear: nn.Linear, pack: bool = True, rows_hint: int = ROWS_HINT):
+    def __init__(self, linear: nn.Linear, rows_hint: int = ROWS_HINT):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().contiguous()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint) if pack else weight
+        weight = linear.weight.detach()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows_hint)
         self.bias = None if linear.bias is None else linear.bias.detach().contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,11 +42,11 @@ class PackedLinear(nn.Module):
         return out.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN"
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
-def pack_linears(module: nn.Module, pack: bool = True) -> int:
-    """Replace every nn.Linear below `module` by a PackedLinear, in place. Returns how many were replaced.
+def pack_linears(module: nn.Module) -> int:
+    """Replace every nn.Linear below `module` by a PackedLinear, in place. Returns how many were packed.
 
     torch's own transformer layers read their weights directly (fast path), so they keep nn.Linear.
     """
@@ -59,10 +56,10 @@ def pack_linears(module: nn.Module, pack: bool = True) -> int:
             continue
         if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype in (
                 torch.float32, torch.bfloat16):
-            setattr(module, name, PackedLinear(child, pack))
+            setattr(module, name, PackedLinear(child))
             count += 1
         else:
-            count += pack_linears(child, pack)
+            count += pack_linears(child)
     return count
 
 
