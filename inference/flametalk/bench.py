@@ -40,11 +40,9 @@ def run_bench(args: argparse.Namespace) -> dict:
     import torch
 
     from .devices import configure_torch_for_parity, resolve_device
-    from .memory import limit_heap_growth
     from .pipeline import generate_motion
     from .precision import apply_mode, random_init_model
 
-    limit_heap_growth()
     if args.threads:
         torch.set_num_threads(args.threads)
     configure_torch_for_parity()

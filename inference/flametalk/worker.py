@@ -187,9 +187,6 @@ def main() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     worker = Worker(proto)
-    from .memory import limit_heap_growth
-
-    limit_heap_growth()
     try:
         import torch
     except ImportError as err:
