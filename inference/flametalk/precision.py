@@ -3,11 +3,14 @@
 exact: everything fp32 (matches the release bit for bit on the parity vectors).
 fast:  the audio encoder and the AR transformer in bf16 on CPU (AVX-512 bf16 / AMX where present) or fp16 on
        CUDA/MPS; the motion autoencoder and the style encoder stay fp32 (they are cheap and decide the final motion).
+       On CPUs with VNNI the linear layers of the audio encoder's transformer and of the AR blocks run in int8
+       (flametalk.model.int8; FLAMETALK_INT8=0 turns that off).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 import torch
@@ -40,7 +43,23 @@ def apply_mode(model: ARTalkModel, mode: Mode) -> ARTalkModel:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
     device = next(model.parameters()).device
     cast_low_precision_parts(model, fast_dtype(device))
+    quantize_for_fast_mode(model)
     return model
+
+
+def int8_enabled(device: torch.device) -> bool:
+    from .model.int8 import int8_available
+
+    return device.type == "cpu" and os.environ.get("FLAMETALK_INT8", "1") != "0" and int8_available()
+
+
+def quantize_for_fast_mode(model: ARTalkModel) -> int:
+    """Swap the big linear layers for int8 ones where this CPU runs int8 fast. Returns how many were swapped."""
+    from .model.int8 import quantize_model
+
+    if not int8_enabled(model.pos_embed.device):
+        return 0
+    return quantize_model(model)
 
 
 def cast_low_precision_parts(model: ARTalkModel, dtype: torch.dtype) -> None:
@@ -71,24 +90,46 @@ def random_init_model(cfg: ARTalkConfig, mode: Mode = "exact", device: str | tor
                       seed: int = 0) -> ARTalkModel:
     """Full architecture with random weights, allocated directly in each part's final dtype.
 
-    Building in fp32 and casting afterwards would touch 2 GB for the full-size model; this allocates once.
+    Building in fp32 and casting afterwards would touch 2 GB for the full-size model; this allocates one
+    parameter at a time, and in fast mode swaps each int8 unit (encoder layer, AR block) for int8 as soon as its
+    weights exist, so the bf16 weights of only one layer are alive at a time (peak RSS ~0.3 GB lower).
     """
     device = torch.device(device)
     with torch.device("meta"):
         model = ARTalkModel(cfg)
     if mode == "fast":
         cast_low_precision_parts(model, fast_dtype(device))
-    model.to_empty(device=device)
+    units = {}
+    if mode == "fast" and int8_enabled(device):
+        from .model.int8 import int8_units
+
+        units = int8_units(model)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    for name, p in model.named_parameters():
-        if name.endswith((".bias", "norm.bias")) or "layer_norm.bias" in name:
-            p.zero_()
-        elif "norm" in name and p.dim() == 1:
-            p.fill_(1.0)
-        else:
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype).mul_(INIT_STD))
+    current = None  # the int8 unit whose parameters are being filled
+    for name, p in list(model.named_parameters()):
+        unit = next((u for u in units if name.startswith(u + ".")), None)
+        if current is not None and unit != current:
+            units[current](model.get_submodule(current))
+        current = unit
+        module_name, _, param_name = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[param_name] = nn.Parameter(random_values(name, p, gen, device), requires_grad=False)
+    if current is not None:
+        units[current](model.get_submodule(current))
+    for module in model.modules():
+        for name, b in list(module.named_buffers(recurse=False)):
+            if b.is_meta:
+                module._buffers[name] = torch.zeros(b.shape, dtype=b.dtype, device=device)
     reset_buffers(model)
     return model.eval().requires_grad_(False)
+
+
+def random_values(name: str, like: torch.Tensor, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    if name.endswith((".bias", "norm.bias")) or "layer_norm.bias" in name:
+        return torch.zeros(like.shape, dtype=like.dtype, device=device)
+    if "norm" in name and like.dim() == 1:
+        return torch.ones(like.shape, dtype=like.dtype, device=device)
+    return torch.randn(like.shape, generator=gen, dtype=like.dtype).mul_(INIT_STD).to(device)
 
 
 def reset_buffers(model: ARTalkModel) -> None:

@@ -1,0 +1,105 @@
+"""Fast mode's int8 linear layers (oneDNN u8 x s8; only where the CPU has VNNI)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import PARITY_VECTOR
+from flametalk.model.int8 import Int8Linear, SharedInput, int8_available, quantize_input
+from flametalk.pipeline import generate_motion
+from flametalk.precision import apply_mode
+from flametalk.reference import load_vector, model_from_vector
+
+needs_int8 = pytest.mark.skipif(not int8_available(), reason="this CPU has no VNNI / oneDNN int8")
+
+
+def integer_linear(n_in: int, n_out: int, seed: int = 0) -> torch.nn.Linear:
+    """Weights that int8 represents exactly: integers in [-127, 127], each output row reaching +-127 (scale 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    layer = torch.nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        w = torch.randint(-127, 128, (n_out, n_in), generator=gen).float()
+        w[:, 0] = 127.0
+        layer.weight.copy_(w)
+        layer.bias.copy_(torch.randint(-50, 50, (n_out,), generator=gen).float())
+    return layer
+
+
+
+@needs_int8
+@pytest.mark.parametrize("per_token", [True, False])
+def test_int8_linear_is_exact_on_representable_values(per_token):
+    layer = integer_linear(64, 48)
+    gen = torch.Generator().manual_seed(1)
+    scale_per_row = torch.tensor([1.0, 0.5, 2.0])[:, None] if per_token else torch.ones(3, 1)
+    x = torch.randint(-127, 128, (3, 64), generator=gen).float()
+    x[:, 5] = 127.0  # every row reaches the top of the int8 range: its quantisation scale is exact
+    x = x * scale_per_row  # halves and doubles stay exact in fp32
+    expected = x.double() @ layer.weight.double().T + layer.bias.double()
+    before = x.clone()
+    got = Int8Linear(layer, per_token=per_token)(x[None])  # leading dims are kept
+    assert torch.equal(x, before)  # the input is never written (fp32 .float() is the same tensor)
+    assert got.shape == (1, 3, 48) and got.dtype == torch.float32
+    assert torch.equal(got[0].double(), expected)
+
+
+@needs_int8
+def test_int8_linear_error_is_small_on_random_values_and_keeps_bf16():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(256, 512).requires_grad_(False)
+    x = torch.randn(2, 40, 256)
+    x[0, 3] *= 30.0  # a loud token: per-token scales keep the quiet ones precise
+    normed = torch.nn.functional.layer_norm(x, (256,))  # per tensor is only used on layer-normed tokens
+    for per_token, inp, bound in ((True, x, 0.012), (False, normed, 0.02), (False, x, 1.0)):
+        expected = layer(inp)
+        got = Int8Linear(layer, per_token=per_token)(inp.bfloat16())
+        assert got.dtype == torch.bfloat16
+        quiet = float((got.float() - expected)[1].norm() / expected[1].norm())
+        if bound < 1.0:
+            assert 0 < quiet < bound, (per_token, quiet)
+        else:  # why the encoder's attention and MLP outputs are quantised per token
+            assert quiet > 0.1
+
+
+@needs_int8
+def test_all_zero_token_gives_the_bias():
+    layer = integer_linear(32, 16)
+    x = torch.zeros(2, 32)
+    x[1, 0] = 1.0
+    out = Int8Linear(layer, per_token=True)(x)
+    assert torch.equal(out[0], layer.bias.detach())
+    torch.testing.assert_close(out[1], (layer.weight[:, 0] + layer.bias).detach(), rtol=1e-6, atol=1e-4)
+
+
+def test_shared_input_quantises_a_tensor_once():
+    shared = SharedInput()
+    x = torch.randn(5, 8)
+    first = shared.get(x, per_token=True)
+    assert shared.get(x, per_token=True) is first
+    y = x.clone()
+    assert shared.get(y, per_token=True) is not first  # another tensor, even with equal values
+    x.mul_(2.0)  # an in-place change of a tracked tensor is caught by its version counter
+    again = shared.get(x, per_token=True)
+    assert again is not first and torch.equal(again[1], quantize_input(x, True)[1])
+
+
+@needs_int8
+def test_fast_mode_swaps_encoder_and_block_linears(monkeypatch):
+    vector = load_vector(PARITY_VECTOR)
+    fast = apply_mode(model_from_vector(vector), "fast")
+    layers, blocks = len(fast.audio_encoder.encoder.layers), len(fast.attn_blocks)
+    swapped = [n for n, m in fast.named_modules() if isinstance(m, Int8Linear)]
+    assert len(swapped) == 6 * layers + 7 * blocks
+    assert isinstance(fast.logits_head, torch.nn.Linear)  # decides the bits: stays bf16
+    layer0 = fast.audio_encoder.encoder.layers[0].attention
+    assert layer0.q_proj.shared is layer0.k_proj.shared is layer0.v_proj.shared is not None
+    assert not layer0.q_proj.per_token and layer0.out_proj.per_token
+    audio = vector["inputs"]["audio_16k"][0, :48000].numpy()
+    exact_motion = generate_motion(model_from_vector(vector), audio)
+    fast_motion = generate_motion(fast, audio)
+    assert fast_motion.shape == exact_motion.shape == (75, 106) and np.isfinite(fast_motion).all()
+    assert 0 < np.abs(fast_motion - exact_motion).mean() < 0.2  # drifts, but stays the same motion
+    monkeypatch.setenv("FLAMETALK_INT8", "0")
+    plain = apply_mode(model_from_vector(vector), "fast")
+    assert not any(isinstance(m, Int8Linear) for m in plain.modules())
