@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .config import ARTalkConfig
+from . import filepages
 from .errors import FlameTalkError
 from .model.artalk import ARTalkModel
 
@@ -143,7 +144,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     weights, config_path = resolve_checkpoint(path)
     cfg = ARTalkConfig.from_json_file(config_path)
     state = read_state_dict(weights)
-    return model_from_state_dict(cfg, state, device=device, dtype=dtype, source=str(weights))
+    file_weights = filepages.track(state, weights)  # lets conversions hand the file's pages back
+    model = model_from_state_dict(cfg, state, device=device, dtype=dtype, source=str(weights))
+    model._file_weights = file_weights if model.pos_embed.device.type == "cpu" else None
+    return model
 
 
 def model_from_state_dict(cfg: ARTalkConfig, state: dict[str, torch.Tensor], device: str | torch.device = "cpu",

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from . import filepages
 from .constants import MOTION_DIM, STYLE_FRAMES
 from .errors import FlameTalkError
 from .model.artalk import ARTalkModel
@@ -31,9 +32,11 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
     for calls of ~200 rows but not for the AR's few-token calls, and packing all measured ~5 % faster overall."""
     if getattr(model, "_prepared_for_inference", False):
         return model
-    freeze_weight_norm(model.audio_encoder)
-    if model_device(model).type == "cpu" and onednn_available():
-        pack_linears(model)
+    with filepages.releasing(getattr(model, "_file_weights", None)):
+        freeze_weight_norm(model.audio_encoder)
+        if model_device(model).type == "cpu" and onednn_available():
+            pack_linears(model)
+    model._file_weights = None  # conversions are over: let the mapping go with the last weight that uses it
     model._prepared_for_inference = True
     release_free_heap()
     return model

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from . import filepages
 from .config import ARTalkConfig
 from .model.artalk import ARTalkModel
 from .model.vae import MotionAutoencoder
@@ -42,8 +43,9 @@ def apply_mode(model: ARTalkModel, mode: Mode) -> ARTalkModel:
     if mode != "fast":
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
     device = next(model.parameters()).device
-    cast_low_precision_parts(model, fast_dtype(device))
-    quantize_for_fast_mode(model)
+    with filepages.releasing(getattr(model, "_file_weights", None)):
+        cast_low_precision_parts(model, fast_dtype(device))
+        quantize_for_fast_mode(model)
     return model
 
 
@@ -69,7 +71,9 @@ def cast_low_precision_parts(model: ARTalkModel, dtype: torch.dtype) -> None:
     for module in model.modules():
         for p in list(module.parameters(recurse=False)):
             if id(p) not in keep and p.is_floating_point():
-                p.data = p.data.to(dtype)
+                old = p.data
+                p.data = old.to(dtype)
+                filepages.done_with(old)
         for name, b in list(module.named_buffers(recurse=False)):
             if id(b) not in keep and b.is_floating_point() and name != "attn_bias_for_masking":
                 module._buffers[name] = b.to(dtype)
@@ -109,13 +113,13 @@ def random_init_model(cfg: ARTalkConfig, mode: Mode = "exact", device: str | tor
     for name, p in list(model.named_parameters()):
         unit = next((u for u in units if name.startswith(u + ".")), None)
         if current is not None and unit != current:
-            units[current](model.get_submodule(current))
+            units[current](model, current)
         current = unit
         module_name, _, param_name = name.rpartition(".")
         module = model.get_submodule(module_name)
         module._parameters[param_name] = nn.Parameter(random_values(name, p, gen, device), requires_grad=False)
     if current is not None:
-        units[current](model.get_submodule(current))
+        units[current](model, current)
     for module in model.modules():
         for name, b in list(module.named_buffers(recurse=False)):
             if b.is_meta:

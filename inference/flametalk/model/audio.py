@@ -40,12 +40,18 @@ def encode_audio_windows(encoder: nn.Module, audio_BN: torch.Tensor) -> torch.Te
 
     Windows are independent here, so callers may batch as many as memory allows.
     """
-    x = normalize_windows(audio_BN.float()).to(encoder.feature_extractor.conv_layers[0].conv.weight.dtype)
+    x = normalize_windows(audio_BN.float()).to(input_dtype(encoder.feature_extractor))
     hidden_BLC = encoder.feature_extractor(x).transpose(1, 2)
     hidden_BLC = encoder.feature_projection(hidden_BLC)
     if isinstance(hidden_BLC, tuple):  # wav2vec2 returns (projected, normed); HuBERT returns the tensor
         hidden_BLC = hidden_BLC[0]
     return encoder.encoder(hidden_BLC, attention_mask=None)[0]
+
+
+def input_dtype(feature_extractor: nn.Module) -> torch.dtype:
+    """The dtype the feature extractor takes (its weights'; fast mode's replacement records it)."""
+    dtype = getattr(feature_extractor, "input_dtype", None)
+    return dtype if dtype is not None else feature_extractor.conv_layers[0].conv.weight.dtype
 
 
 def freeze_weight_norm(encoder: nn.Module) -> None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..filepages import done_with
+
 ROWS_HINT = 200  # typical rows per call (tokens of a window); only tunes the packed layout
 
 
@@ -57,6 +59,7 @@ def pack_linears(module: nn.Module) -> int:
         if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype in (
                 torch.float32, torch.bfloat16):
             setattr(module, name, PackedLinear(child))
+            done_with(child.weight)  # a checkpoint's file pages of the unpacked weight are not needed any more
             count += 1
         else:
             count += pack_linears(child)

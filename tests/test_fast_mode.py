@@ -1,4 +1,4 @@
-"""Fast mode's int8 linear layers (oneDNN u8 x s8; only where the CPU has VNNI)."""
+"""Fast mode on CPU: int8 linear layers (oneDNN u8 x s8, only where the CPU has VNNI), time-major feature extractor."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import PARITY_VECTOR
+from flametalk.model.audio import build_audio_encoder
+from flametalk.model.featext import TimeMajorFeatureExtractor, supports_time_major
 from flametalk.model.int8 import Int8Linear, SharedInput, int8_available, quantize_input
 from flametalk.pipeline import generate_motion
 from flametalk.precision import apply_mode
@@ -63,6 +65,17 @@ def test_int8_linear_error_is_small_on_random_values_and_keeps_bf16():
 
 
 @needs_int8
+def test_fused_gelu_matches_gelu_of_the_output():
+    torch.manual_seed(2)
+    layer = torch.nn.Linear(64, 96)
+    x = torch.nn.functional.layer_norm(torch.randn(7, 64), (64,))
+    plain, fused = Int8Linear(layer, per_token=False), Int8Linear(layer, per_token=False, gelu=True)
+    torch.testing.assert_close(fused(x), torch.nn.functional.gelu(plain(x)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="per-tensor"):
+        Int8Linear(layer, per_token=True, gelu=True)
+
+
+@needs_int8
 def test_all_zero_token_gives_the_bias():
     layer = integer_linear(32, 16)
     x = torch.zeros(2, 32)
@@ -95,6 +108,9 @@ def test_fast_mode_swaps_encoder_and_block_linears(monkeypatch):
     layer0 = fast.audio_encoder.encoder.layers[0].attention
     assert layer0.q_proj.shared is layer0.k_proj.shared is layer0.v_proj.shared is not None
     assert not layer0.q_proj.per_token and layer0.out_proj.per_token
+    assert isinstance(fast.audio_encoder.feature_extractor, TimeMajorFeatureExtractor)
+    ff0 = fast.audio_encoder.encoder.layers[0].feed_forward
+    assert ff0.intermediate_dense.post_op == "gelu" and isinstance(ff0.intermediate_act_fn, torch.nn.Identity)
     audio = vector["inputs"]["audio_16k"][0, :48000].numpy()
     exact_motion = generate_motion(model_from_vector(vector), audio)
     fast_motion = generate_motion(fast, audio)
@@ -103,3 +119,22 @@ def test_fast_mode_swaps_encoder_and_block_linears(monkeypatch):
     monkeypatch.setenv("FLAMETALK_INT8", "0")
     plain = apply_mode(model_from_vector(vector), "fast")
     assert not any(isinstance(m, Int8Linear) for m in plain.modules())
+
+
+def test_time_major_feature_extractor_computes_the_same_features():
+    config = dict(load_vector(PARITY_VECTOR)["wav2vec2_config"])
+    torch.manual_seed(3)
+    original = build_audio_encoder("wav2vec", config).feature_extractor.eval()
+    for layer in original.conv_layers:  # non-trivial norms and biases
+        torch.nn.init.normal_(layer.layer_norm.weight, 1.0, 0.3)
+        torch.nn.init.normal_(layer.layer_norm.bias, 0.0, 0.3)
+    assert supports_time_major(original)
+    audio = torch.randn(2, 16000)
+    with torch.inference_mode():
+        expected = original(audio)
+        got = TimeMajorFeatureExtractor(original)(audio)
+    assert got.shape == expected.shape == (2, 32, 49)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    grouped = build_audio_encoder("wav2vec", {**config, "feat_extract_norm": "group",
+                                              "do_stable_layer_norm": False}).feature_extractor
+    assert not supports_time_major(grouped)  # HuBERT-style group norm keeps transformers' module
