@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ARTalkConfig
 from . import filepages
+from .config import ARTalkConfig
 from .errors import FlameTalkError
 from .model.artalk import ARTalkModel
 
