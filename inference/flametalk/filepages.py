@@ -15,6 +15,7 @@ allocation can reuse those addresses meanwhile). Linux only; elsewhere this does
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -92,6 +93,12 @@ def done_with(tensor: torch.Tensor | None) -> bool:
     end = (ptr + size) // PAGE * PAGE
     if end <= start:
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0
+    return _madvise()(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0
+
+
+@functools.cache
+def _madvise():
+    """libc's madvise, looked up once (a model has ~800 weights to hand back)."""
+    fn = ctypes.CDLL(None, use_errno=True).madvise
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return fn

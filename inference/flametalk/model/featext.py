@@ -27,11 +27,7 @@ class TimeMajorConvLayer(nn.Module):
         self.kernel, self.stride, self.out_ch = conv.kernel_size[0], conv.stride[0], conv.out_channels
         # (out, in, k) -> (out, k * in): a time-major window holds k rows of `in` channels
         weight_OK = conv.weight.detach().permute(0, 2, 1).reshape(self.out_ch, -1)
-        gemm = nn.Linear(weight_OK.shape[1], self.out_ch, bias=conv.bias is not None, dtype=weight_OK.dtype)
-        gemm.weight.data.copy_(weight_OK)
-        if conv.bias is not None:
-            gemm.bias.data.copy_(conv.bias.detach())
-        self.gemm = PackedLinear(gemm)
+        self.gemm = PackedLinear.from_weight(weight_OK, None if conv.bias is None else conv.bias.detach())
         self.norm = layer.layer_norm
         self.act = layer.activation
 

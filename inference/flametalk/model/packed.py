@@ -30,10 +30,21 @@ class PackedLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, rows_hint: int = ROWS_HINT):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows_hint)
-        self.bias = None if linear.bias is None else linear.bias.detach().contiguous()
+        self._pack(linear.weight.detach(), None if linear.bias is None else linear.bias.detach(), rows_hint)
+
+    @classmethod
+    def from_weight(cls, weight_NK: torch.Tensor, bias_N: torch.Tensor | None,
+                    rows_hint: int = ROWS_HINT) -> PackedLinear:
+        """From a plain (out, in) weight, e.g. a convolution's reshaped into a GEMM."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._pack(weight_NK, bias_N, rows_hint)
+        return self
+
+    def _pack(self, weight_NK: torch.Tensor, bias_N: torch.Tensor | None, rows_hint: int) -> None:
+        self.out_features, self.in_features = weight_NK.shape
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight_NK.contiguous(), rows_hint)
+        self.bias = None if bias_N is None else bias_N.contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
