@@ -1,15 +1,18 @@
-"""Fast mode on CPU: int8 linear layers (oneDNN u8 x s8, only where the CPU has VNNI), time-major feature extractor."""
+"""Fast mode on CPU: int8 linear layers (oneDNN u8 x s8, only where the CPU has VNNI), time-major feature extractor,
+bmm attention."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import PARITY_VECTOR
 from flametalk.model.audio import build_audio_encoder
+from flametalk.model.fastattn import BmmEncoderSelfAttention, bmm_attention
 from flametalk.model.featext import TimeMajorFeatureExtractor, supports_time_major
 from flametalk.model.int8 import Int8Linear, SharedInput, int8_available, quantize_input
-from flametalk.pipeline import generate_motion
+from flametalk.pipeline import generate_motion, prepare_for_inference
 from flametalk.precision import apply_mode
 from flametalk.reference import load_vector, model_from_vector
 
@@ -138,3 +141,50 @@ def test_time_major_feature_extractor_computes_the_same_features():
     grouped = build_audio_encoder("wav2vec", {**config, "feat_extract_norm": "group",
                                               "do_stable_layer_norm": False}).feature_extractor
     assert not supports_time_major(grouped)  # HuBERT-style group norm keeps transformers' module
+
+
+def test_bmm_attention_equals_sdpa_in_fp32():
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=gen) for n in (7, 11, 11))
+    bias = torch.zeros(1, 1, 7, 11)
+    bias[:, :, :3, 8:] = float("-inf")  # a block mask like the autoencoder's
+    for scale, mask in ((0.25, None), (1.0, bias)):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        got = bmm_attention(q, k, v, scale, mask)
+        assert got.shape == want.shape == (2, 3, 7, 16)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    masked = bmm_attention(q, k, v, 1.0, bias)
+    torch.testing.assert_close(masked[:, :, :3], bmm_attention(q[:, :, :3], k[:, :, :8], v[:, :, :8], 1.0))
+
+
+def test_bmm_encoder_attention_replaces_transformers_attention():
+    config = dict(load_vector(PARITY_VECTOR)["wav2vec2_config"])
+    torch.manual_seed(4)
+    attention = build_audio_encoder("wav2vec", config).encoder.layers[0].attention.eval()
+    x = torch.randn(2, 30, config["hidden_size"])
+    keep = torch.ones(2, 1, 30, 30, dtype=torch.bool)
+    keep[1, :, :, 20:] = False  # the second clip's last 10 frames are padding
+    with torch.inference_mode():
+        want, _ = attention(x)
+        replaced = BmmEncoderSelfAttention(attention)
+        got, weights = replaced(x)
+        padded, _ = replaced(x, attention_mask=keep)
+        short, _ = replaced(x[1:, :20])
+    assert weights is None and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(padded[0], got[0])
+    torch.testing.assert_close(padded[1, :20], short[0], rtol=1e-5, atol=1e-6)
+
+
+def test_fast_mode_on_cpu_uses_bmm_attention_and_exact_mode_does_not():
+    vector = load_vector(PARITY_VECTOR)
+    exact, fast = prepare_for_inference(model_from_vector(vector)), apply_mode(model_from_vector(vector), "fast")
+    frame_attention = [m for m in fast.basic_vae.modules() if hasattr(m, "attention_fn")]
+    assert len(frame_attention) == 2 * fast.cfg.vae_depth
+    assert all(m.attention_fn is bmm_attention for m in frame_attention)
+    assert all(blk.attn.attention_fn is bmm_attention for blk in fast.attn_blocks)
+    assert all(isinstance(layer.attention, BmmEncoderSelfAttention) for layer in fast.audio_encoder.encoder.layers)
+    assert all(blk.attn.attention_fn is None for blk in exact.attn_blocks)
+    assert not any(isinstance(m, BmmEncoderSelfAttention) for m in exact.modules())
+    # exact mode's prepared model runs the time-major feature extractor too (fp32; parity checked in test_parity)
+    assert isinstance(exact.audio_encoder.feature_extractor, TimeMajorFeatureExtractor)

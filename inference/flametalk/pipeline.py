@@ -14,6 +14,7 @@ from .constants import MOTION_DIM, STYLE_FRAMES
 from .errors import FlameTalkError
 from .model.artalk import ARTalkModel
 from .model.audio import freeze_weight_norm
+from .model.featext import swap_feature_extractor
 from .model.generate import Generator
 from .model.packed import onednn_available, pack_linears
 
@@ -35,6 +36,7 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
     with filepages.releasing(getattr(model, "_file_weights", None)):
         freeze_weight_norm(model.audio_encoder)
         if model_device(model).type == "cpu" and onednn_available():
+            swap_feature_extractor(model, "audio_encoder.feature_extractor")
             pack_linears(model)
     model._file_weights = None  # conversions are over: let the mapping go with the last weight that uses it
     model._prepared_for_inference = True

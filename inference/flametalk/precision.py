@@ -30,8 +30,14 @@ def fast_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" else torch.float16
 
 
-def fp32_parts(model: ARTalkModel) -> list[nn.Module]:
-    return [model.basic_vae, model.style_encoder]
+def fp32_tensors(model: ARTalkModel) -> set[int]:
+    """ids of the parameters and buffers fast mode keeps in fp32: the style encoder (cheap, once per clip) and the
+    autoencoder's statistics, position embeddings, mask and codebook. Only the autoencoder's two transformers
+    run in the low dtype: normalisation, quantisation to bits and de-normalisation stay fp32 around them."""
+    vae = model.basic_vae
+    low = {id(t) for part in (vae.encoder, vae.decoder) for t in (*part.parameters(), *part.buffers())}
+    keep = {id(t) for part in (model.style_encoder, vae) for t in (*part.parameters(), *part.buffers())}
+    return keep - low
 
 
 def apply_mode(model: ARTalkModel, mode: Mode) -> ARTalkModel:
@@ -46,7 +52,16 @@ def apply_mode(model: ARTalkModel, mode: Mode) -> ARTalkModel:
     with filepages.releasing(getattr(model, "_file_weights", None)):
         cast_low_precision_parts(model, fast_dtype(device))
         quantize_for_fast_mode(model)
+    use_fast_attention(model)
     return model
+
+
+def use_fast_attention(model: ARTalkModel) -> int:
+    """CPU fast mode: bmm attention (model/fastattn.py) in the audio encoder and the AR blocks. CUDA/MPS keep
+    torch's fused kernels."""
+    from .model.fastattn import use_bmm_attention
+
+    return use_bmm_attention(model) if model.pos_embed.device.type == "cpu" else 0
 
 
 def int8_enabled(device: torch.device) -> bool:
@@ -65,9 +80,9 @@ def quantize_for_fast_mode(model: ARTalkModel) -> int:
 
 
 def cast_low_precision_parts(model: ARTalkModel, dtype: torch.dtype) -> None:
-    """Cast everything but the fp32 parts (casting all and back would round their weights)."""
-    keep = {id(p) for part in fp32_parts(model) for p in part.parameters()}
-    keep |= {id(b) for part in fp32_parts(model) for b in part.buffers()}
+    """Cast everything but the fp32 tensors (casting all and back would round their weights)."""
+    keep = fp32_tensors(model)
+    model.basic_vae.encoder.compute_dtype = model.basic_vae.decoder.compute_dtype = dtype
     for module in model.modules():
         for p in list(module.parameters(recurse=False)):
             if id(p) not in keep and p.is_floating_point():
@@ -125,6 +140,8 @@ def random_init_model(cfg: ARTalkConfig, mode: Mode = "exact", device: str | tor
             if b.is_meta:
                 module._buffers[name] = torch.zeros(b.shape, dtype=b.dtype, device=device)
     reset_buffers(model)
+    if mode == "fast":
+        use_fast_attention(model)
     return model.eval().requires_grad_(False)
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ARTalkConfig
+from .attention import AttentionFn
 from .audio import build_audio_encoder
 from .style import StyleEncoder
 from .vae import MotionAutoencoder
@@ -33,6 +34,7 @@ class ContextAttention(nn.Module):
         self.key = nn.Linear(embed, embed, bias=False)
         self.value = nn.Linear(embed, embed, bias=True)
         self.proj = nn.Linear(embed, embed, bias=True)
+        self.attention_fn: AttentionFn | None = None  # None: torch's SDPA; fast mode on CPU sets bmm_attention
 
     def split_heads(self, x_BLE: torch.Tensor) -> torch.Tensor:
         B, L, _ = x_BLE.shape
@@ -49,7 +51,10 @@ class ContextAttention(nn.Module):
     def attend(self, q_BHLc: torch.Tensor, k_BHSc: torch.Tensor, v_BHSc: torch.Tensor,
                bias_11LS: torch.Tensor | None = None) -> torch.Tensor:
         B, _, L, _ = q_BHLc.shape
-        out = F.scaled_dot_product_attention(q_BHLc, k_BHSc, v_BHSc, attn_mask=bias_11LS, scale=1.0)
+        if self.attention_fn is None:
+            out = F.scaled_dot_product_attention(q_BHLc, k_BHSc, v_BHSc, attn_mask=bias_11LS, scale=1.0)
+        else:
+            out = self.attention_fn(q_BHLc, k_BHSc, v_BHSc, 1.0, bias_11LS)
         return self.proj(out.transpose(1, 2).reshape(B, L, self.heads * self.head_dim))
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ARTalkConfig
+from .attention import AttentionFn
 from .codebook import CodebookQuantizer
 from .quantizer import NextScaleInput, bits_to_ar_inputs, bits_to_frame_features, quantize_residual
 
@@ -26,12 +27,16 @@ class FrameSelfAttention(nn.Module):
         self.norm = nn.LayerNorm(hidden, eps=1e-5)
         self.to_qkv = nn.Linear(hidden, hidden * 3, bias=False)
         self.to_out = nn.Linear(hidden, hidden)
+        self.attention_fn: AttentionFn | None = None  # None: torch's SDPA; fast mode on CPU sets bmm_attention
 
     def forward(self, x_BLC: torch.Tensor, mask_11LL: torch.Tensor | None) -> torch.Tensor:
         B, L, C = x_BLC.shape
         qkv = self.to_qkv(self.norm(x_BLC)).view(B, L, 3, self.heads, C // self.heads)
         q_BHLc, k_BHLc, v_BHLc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=mask_11LL, scale=self.scale)
+        if self.attention_fn is None:
+            out = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=mask_11LL, scale=self.scale)
+        else:
+            out = self.attention_fn(q_BHLc, k_BHLc, v_BHLc, self.scale, mask_11LL)
         return self.to_out(out.transpose(1, 2).reshape(B, L, C))
 
 
@@ -55,12 +60,14 @@ class FrameTransformer(nn.Module):
         self._blocks_name, self._out_name = blocks_name, out_name
         self.add_module(blocks_name, nn.ModuleList(blocks))
         self.add_module(out_name, nn.Linear(hidden, out_dim))
+        self.compute_dtype = torch.float32  # fast mode: bf16/fp16 inside, fp32 in and out
 
     def forward(self, x_BLD: torch.Tensor, mask_11LL: torch.Tensor | None) -> torch.Tensor:
-        feat = self.inp_mapping(x_BLD)
+        feat = self.inp_mapping(x_BLD.to(self.compute_dtype))
+        mask_11LL = None if mask_11LL is None else mask_11LL.to(self.compute_dtype)
         for block in getattr(self, self._blocks_name):
             feat = feat + (block(feat, mask_11LL) if isinstance(block, FrameSelfAttention) else block(feat))
-        return getattr(self, self._out_name)(feat)
+        return getattr(self, self._out_name)(feat).float()
 
 
 class MotionAutoencoder(nn.Module):
