@@ -26,6 +26,7 @@ def test_bench_prints_one_json_line(parity_checkpoint_dir, extra, mode):
     assert result["mode"] == mode and result["device"] == "cpu" and result["frames"] == 50
     assert result["seconds_audio"] == 2.0 and 0 < result["seconds_compute"] < 120
     assert result["rtf"] == pytest.approx(result["seconds_compute"] / 2.0, abs=1e-4)  # both rounded for print
+    assert 0 < result["rtf_min"] <= result["rtf"]
     assert result["peak_rss_mb"] > 100
 
 
