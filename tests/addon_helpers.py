@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import wave
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import bpy  # noqa: E402
 

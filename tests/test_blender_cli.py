@@ -12,8 +12,6 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from blender_addon import cli, rig  # noqa: E402
 from blender_addon.flame import flame_to_blender, forward_motion, load_flame, synthetic  # noqa: E402

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from blender_addon import compat, keyframes, registration, rig  # noqa: E402
 from blender_addon.flame import (  # noqa: E402

@@ -12,7 +12,6 @@ import pytest
 from conftest import AUDIO_DIR, REPO
 
 pytest.importorskip("bpy")
-sys.path.insert(0, str(REPO))
 from blender_addon.flame import synthetic  # noqa: E402
 
 DEMO = str(REPO / "scripts" / "demo.py")

@@ -18,7 +18,6 @@ import pytest
 from conftest import AUDIO_DIR, REPO
 
 pytest.importorskip("bpy")
-sys.path.insert(0, str(REPO))
 from blender_addon.flame import synthetic  # noqa: E402
 
 IN_BLENDER = r"""

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from blender_addon.flame import (  # noqa: E402
+from blender_addon.flame import (
     axis_angle_to_quaternion,
     flame_to_blender,
     forward,

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `pytest` without `python -m` does not put the repo root on sys.path
-    sys.path.insert(0, str(ROOT))
 
 from blender_addon.flame import FlameFileError, load_flame, load_shape_coefficients, synthetic  # noqa: E402
 from blender_addon.flame.reader import WARN_2023  # noqa: E402

@@ -13,7 +13,6 @@ from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-sys.path.insert(0, str(REPO))
 from blender_addon import runtime  # noqa: E402
 from buildtools import locks, manifest  # noqa: E402
 

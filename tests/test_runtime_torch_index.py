@@ -12,7 +12,6 @@ import zipfile
 import pytest
 from conftest import REPO
 
-sys.path.insert(0, str(REPO))
 from blender_addon import runtime  # noqa: E402
 
 

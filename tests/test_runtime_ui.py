@@ -4,14 +4,11 @@ stands in for UILayout), and the set-up operator explains itself in a source che
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
-from conftest import REPO
 
 bpy = pytest.importorskip("bpy")
-sys.path.insert(0, str(REPO))
 from blender_addon import operators_runtime, runtime  # noqa: E402
 
 
