@@ -27,8 +27,9 @@ def model_device(model: ARTalkModel) -> torch.device:
 
 def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
     """One-time, in-place inference preparation (idempotent; never for a model that will be trained further):
-    the weight-normed positional convolution gets its computed weight, and on CPU the linear layers of the audio
-    encoder, the AR transformer and the autoencoder are pre-packed for oneDNN (same math, ~1.6x faster here).
+    the weight-normed positional convolution gets its computed weight, and on CPU the wav2vec2 feature extractor
+    runs time-major (model/featext.py: 1.5x faster, same fp32 products up to summation order) and the linear layers
+    of the audio encoder, the AR transformer and the autoencoder are pre-packed for oneDNN (same math, ~1.6x faster).
     Packing the full model's fp32 weights takes ~2.6 s once (0.3 s in bf16); with plain weights oneDNN is as fast
     for calls of ~200 rows but not for the AR's few-token calls, and packing all measured ~5 % faster overall."""
     if getattr(model, "_prepared_for_inference", False):

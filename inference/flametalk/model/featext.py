@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..filepages import done_with
 from .packed import PackedLinear
 
 
@@ -80,4 +81,6 @@ def swap_feature_extractor(model: nn.Module, name: str) -> int:
     if not supports_time_major(old):
         return 0
     setattr(parent, attr, TimeMajorFeatureExtractor(old))
+    for layer in old.conv_layers:  # their (out, in, k) weights were copied into GEMM layout
+        done_with(layer.conv.weight)
     return 1
