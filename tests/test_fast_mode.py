@@ -12,6 +12,7 @@ from flametalk.model.audio import build_audio_encoder
 from flametalk.model.fastattn import BmmEncoderSelfAttention, bmm_attention
 from flametalk.model.featext import TimeMajorFeatureExtractor, supports_time_major
 from flametalk.model.int8 import Int8Linear, SharedInput, int8_available, quantize_input
+from flametalk.model.packed import PackedLinear
 from flametalk.pipeline import generate_motion, prepare_for_inference
 from flametalk.precision import apply_mode
 from flametalk.reference import load_vector, model_from_vector
@@ -188,3 +189,25 @@ def test_fast_mode_on_cpu_uses_bmm_attention_and_exact_mode_does_not():
     assert not any(isinstance(m, BmmEncoderSelfAttention) for m in exact.modules())
     # exact mode's prepared model runs the time-major feature extractor too (fp32; parity checked in test_parity)
     assert isinstance(exact.audio_encoder.feature_extractor, TimeMajorFeatureExtractor)
+
+
+def test_packed_linear_fuses_gelu_bit_for_bit_and_exact_mode_uses_it():
+    gen = torch.Generator().manual_seed(6)
+    layer = torch.nn.Linear(64, 96)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(96, 64, generator=gen) * 0.3)
+        layer.bias.copy_(torch.randn(96, generator=gen))
+    x = torch.randn(13, 64, generator=gen)
+    packed = PackedLinear(layer)
+    with torch.inference_mode():
+        plain = packed(x)
+        packed.post_op = "gelu"
+        fused = packed(x)
+    torch.testing.assert_close(plain, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    assert (plain < -1.0).any() and (plain > 1.0).any()  # the GELU's curved part is exercised
+    assert torch.equal(fused, F.gelu(plain))  # every bit: exact mode relies on it
+    assert not torch.equal(fused, plain)
+    exact = prepare_for_inference(model_from_vector(load_vector(PARITY_VECTOR)))
+    for enc_layer in exact.audio_encoder.encoder.layers:
+        assert enc_layer.feed_forward.intermediate_dense.post_op == "gelu"
+        assert isinstance(enc_layer.feed_forward.intermediate_act_fn, torch.nn.Identity)
