@@ -50,6 +50,19 @@ def test_int8_linear_is_exact_on_representable_values(per_token):
     assert torch.equal(got[0].double(), expected)
 
 
+@pytest.mark.parametrize("per_token", [True, False])
+def test_quantisation_of_bf16_inputs_rounds_like_fp32(per_token):
+    """x / scale + 128 must be formed in fp32: in bf16 (resolution 1 above 128) codes would be off by one and
+    the top code 255.5 would wrap to 0."""
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(6, 128, generator=gen) * torch.tensor([0.1, 1.0, 3.0, 10.0, 0.5, 2.0])[:, None]).bfloat16()
+    q, scale = quantize_input(x, per_token)
+    q32, scale32 = quantize_input(x.float(), per_token)
+    assert q.dtype == torch.uint8 and scale.dtype == torch.float32
+    assert torch.equal(q, q32) and torch.equal(scale, scale32)
+    assert int(q.max()) == 255 and int(q.min()) >= 1  # the row / tensor maximum lands on the top code
+
+
 @needs_int8
 def test_int8_linear_error_is_small_on_random_values_and_keeps_bf16():
     torch.manual_seed(0)
