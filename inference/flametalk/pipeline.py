@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -43,17 +41,8 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
             fuse_encoder_gelu(model.audio_encoder.encoder.layers)
     model._file_weights = None  # conversions are over: let the mapping go with the last weight that uses it
     model._prepared_for_inference = True
-    release_free_heap()
+    filepages.release_free_heap()
     return model
-
-
-def release_free_heap() -> None:
-    """Give the replaced (unpacked) weights' freed pages back to the OS (glibc keeps them otherwise): -30 MB RSS."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 @torch.inference_mode()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ARTalkConfig
-from .attention import AttentionFn
+from .attention import AttentionFn, attend
 from .audio import build_audio_encoder
 from .style import StyleEncoder
 from .vae import MotionAutoencoder
@@ -51,10 +51,7 @@ class ContextAttention(nn.Module):
     def attend(self, q_BHLc: torch.Tensor, k_BHSc: torch.Tensor, v_BHSc: torch.Tensor,
                bias_11LS: torch.Tensor | None = None) -> torch.Tensor:
         B, _, L, _ = q_BHLc.shape
-        if self.attention_fn is None:
-            out = F.scaled_dot_product_attention(q_BHLc, k_BHSc, v_BHSc, attn_mask=bias_11LS, scale=1.0)
-        else:
-            out = self.attention_fn(q_BHLc, k_BHSc, v_BHSc, 1.0, bias_11LS)
+        out = attend(self.attention_fn, q_BHLc, k_BHSc, v_BHSc, 1.0, bias_11LS)
         return self.proj(out.transpose(1, 2).reshape(B, L, self.heads * self.head_dim))
 
 

@@ -47,7 +47,6 @@ class PackedLinear(nn.Module):
         self.bias = None if bias_N is None else bias_N.contiguous()
         self.post_op = "none"  # "gelu": oneDNN applies the exact (erf) GELU to the GEMM's output tile
 
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)

@@ -8,11 +8,10 @@ in the checkpoint.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ARTalkConfig
-from .attention import AttentionFn
+from .attention import AttentionFn, attend
 from .codebook import CodebookQuantizer
 from .quantizer import NextScaleInput, bits_to_ar_inputs, bits_to_frame_features, quantize_residual
 
@@ -33,10 +32,7 @@ class FrameSelfAttention(nn.Module):
         B, L, C = x_BLC.shape
         qkv = self.to_qkv(self.norm(x_BLC)).view(B, L, 3, self.heads, C // self.heads)
         q_BHLc, k_BHLc, v_BHLc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.attention_fn is None:
-            out = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=mask_11LL, scale=self.scale)
-        else:
-            out = self.attention_fn(q_BHLc, k_BHLc, v_BHLc, self.scale, mask_11LL)
+        out = attend(self.attention_fn, q_BHLc, k_BHLc, v_BHLc, self.scale, mask_11LL)
         return self.to_out(out.transpose(1, 2).reshape(B, L, C))
 
 
