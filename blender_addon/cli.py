@@ -12,18 +12,18 @@ other failures (worker crash, Blender error): one line, exit status 1.
 
 The worker Python is `--worker-python`, else env FLAMETALK_WORKER_PYTHON / the managed runtime (as the add-on's
 preferences), else this Python (`sys.executable`: in a development checkout it has torch and flametalk).
-One invocation makes one take; for many dialogue lines run it once per line (or script generate.run_blocking in one
-process to keep the worker warm).
+`animate` makes one take; `batch` (batch.py) makes one per audio file with one warm worker, the model computing
+the next line while Blender writes the current one.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .flame import FlameFileError, load_flame, load_shape_coefficients
 
@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--out-dir", required=True, help="folder for <audio stem>.blend (+ .glb / .fbx) per line")
     batch.add_argument("--glb", action="store_true", help="also export <audio stem>.glb")
     batch.add_argument("--fbx", action="store_true", help="also export <audio stem>.fbx")
+    batch.add_argument("--spare-cores", type=int, default=1, metavar="N",
+                       help="CPU cores the model leaves to Blender, which writes one line while the model computes "
+                            "the next (default 1; 0 = the model takes all)")
+    batch.add_argument("--no-overlap", action="store_true",
+                       help="generate each line only after the one before is written (for a machine shared with "
+                            "other jobs)")
     _add_take_options(batch)
     return parser
 
@@ -96,11 +102,15 @@ def _check_output(path: str | None, suffix: str, option: str) -> str | None:
     return path
 
 
+def check_fps(fps: float) -> None:
+    if not (0 < fps <= 1000):
+        raise CliError(f"--fps must be positive, got {fps:g}")
+
+
 def _set_scene_fps(scene: object, fps: float) -> None:
     from .timing import fps_settings
 
-    if not (0 < fps <= 1000):
-        raise CliError(f"--fps must be positive, got {fps:g}")
+    check_fps(fps)
     scene.render.fps, scene.render.fps_base = fps_settings(fps)  # e.g. 29.97 -> 30 / 1.001
 
 
@@ -134,30 +144,54 @@ def _request(args: argparse.Namespace, scene: object) -> object:
         worker_python=args.worker_python or default_worker_python() or sys.executable,
         device=args.device.lower(), mode=args.mode, style=_style(args), start_frame=args.start_frame,
         controls=controls, push_to_nla=args.nla, add_sound_strip=bool(args.audio), range_mode="FIT",
-        take_name=args.take or ("" if args.audio else "FlameTalk take"), scene=scene)
+        take_name=args.take or ("" if args.audio else "FlameTalk take"), scene=scene,
+        spare_cores=getattr(args, "spare_cores", 0))
 
 
 def animate(args: argparse.Namespace) -> int:
-    _animate_one(args)
+    prep = prepare_take(args)
+    job = start_generation(prep)  # the worker computes while the head is being built
+    try:
+        write_take(prep, job)
+    finally:
+        if job is not None:
+            job.close()
     return 0
 
 
-def _animate_one(args: argparse.Namespace) -> dict[str, object]:
-    """Build the head, generate or key one take, save (and export). Returns what was written."""
+@dataclass
+class PreparedTake:
+    """One take with every input read and checked and nothing written yet."""
+
+    args: argparse.Namespace
+    out: str
+    glb: str | None
+    fbx: str | None
+    flame: Any  # FlameModel
+    shape: Any  # identity coefficients or None
+    motion: Any  # (T, 106) to key (--motion), or None: generate from the audio
+    motion_fps: float | None
+    request: Any  # generate.GenerateRequest
+
+
+def prepare_take(args: argparse.Namespace, flame: Any = None) -> PreparedTake:
+    """Read and check every input of one take before anything touches a scene or a file. `flame`: an already
+    loaded head (the batch reads it once)."""
     if not (args.motion or args.audio):
         raise CliError("give --audio (generate a take) or --motion (key a motion file)")
     out = _check_output(args.out, ".blend", "--out")
     glb = _check_output(args.glb, ".glb", "--glb")
     fbx = _check_output(args.fbx, ".fbx", "--fbx")
+    check_fps(args.fps)
     try:
-        import bpy
+        import bpy  # noqa: F401
     except ImportError:
         raise CliError("needs Blender's Python module 'bpy' (pip install bpy==5.0.1 on Python 3.11)") from None
-    from . import export, generate, keyframes, rig
+    from . import generate, keyframes
 
-    # Read and check every input before touching the scene.
-    model = load_flame(args.flame, version=args.flame_version, use_torch=False)
-    shape = load_shape_coefficients(args.shape, model.n_shape) if args.shape else None
+    if flame is None:
+        flame = load_flame(args.flame, version=args.flame_version, use_torch=False)
+    shape = load_shape_coefficients(args.shape, flame.n_shape) if args.shape else None
     motion = motion_fps = None
     if args.motion:
         motion, motion_fps = keyframes.load_motion(args.motion)
@@ -168,75 +202,63 @@ def _animate_one(args: argparse.Namespace) -> dict[str, object]:
         problem = generate.audio_problem(req.audio)
         if problem:
             raise CliError(problem)
+    return PreparedTake(args, out, glb, fbx, flame, shape, motion, motion_fps, req)
 
+
+def start_generation(prep: PreparedTake) -> Any:
+    """Submit the take's generation to the warm worker now (before its head exists), or None for --motion.
+    Returns a started generate.GenerateJob; the caller closes it."""
+    if prep.motion is not None:
+        return None
+    from .generate import GenerateJob
+
+    job = GenerateJob(prep.request, rig_required=False)
+    try:
+        job.start()
+    except BaseException:
+        job.close()
+        raise
+    return job
+
+
+def write_take(prep: PreparedTake, job: Any = None) -> dict[str, object]:
+    """Fresh scene, FLAME head, keys (from `job`'s motion, or the --motion file), .blend and exports."""
+    import bpy
+
+    from . import export, generate, rig
+
+    req = prep.request
     bpy.ops.wm.read_homefile(use_empty=True, use_factory_startup=True)
-    scene = bpy.context.scene
-    _set_scene_fps(scene, args.fps)
-    req.scene = scene
-    flame_rig = rig.build_rig(model, shape)
-    req.rig = flame_rig
-    if motion is None:
-        result = generate.run_blocking(req, timeout=args.timeout)
+    scene = req.scene = bpy.context.scene
+    _set_scene_fps(scene, prep.args.fps)
+    flame_rig = req.rig = rig.build_rig(prep.flame, prep.shape)
+    if prep.motion is not None:
+        result = generate.apply_motion(flame_rig, prep.motion, prep.motion_fps, audio=req.audio or None, req=req,
+                                       scene=scene)
     else:
-        result = generate.apply_motion(flame_rig, motion, motion_fps, audio=req.audio or None, req=req, scene=scene)
+        job.wait(prep.args.timeout)
+        result = job.finish(flame_rig, scene)
     take = result.take
     scene.frame_set(scene.frame_start)
     for warning in flame_rig.warnings + result.warnings:
         print(f"flametalk: warning: {warning}", file=sys.stderr)
-    bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
-    if glb:
-        export.export_gltf(flame_rig, glb, take.name)
-    if fbx:
-        export.export_fbx(flame_rig, fbx, take.name)
+    bpy.ops.wm.save_as_mainfile(filepath=prep.out, check_existing=False)
+    if prep.glb:
+        export.export_gltf(flame_rig, prep.glb, take.name)
+    if prep.fbx:
+        export.export_fbx(flame_rig, prep.fbx, take.name)
     first, last = take.frame_range
-    print(f"flametalk: wrote {out} (take {take.name}: {len(result.motion)} frames at 25 fps -> scene frames "
+    print(f"flametalk: wrote {prep.out} (take {take.name}: {len(result.motion)} frames at 25 fps -> scene frames "
           f"{first:g}..{last:g}, {take.n_keys} keys)")
-    return {"take": take.name, "frames": len(result.motion), "keys": take.n_keys, "glb": glb, "fbx": fbx}
+    worker = (job.result_event or {}) if job is not None else {}
+    return {"take": take.name, "frames": len(result.motion), "keys": take.n_keys, "glb": prep.glb, "fbx": prep.fbx,
+            "generate_seconds": worker.get("seconds"), "worker_threads": worker.get("threads")}
 
 
 def batch(args: argparse.Namespace) -> int:
-    """One take per audio file with one warm worker (the model loads once for the whole list).
+    from .batch import run_batch
 
-    A line that fails is reported as one line and skipped; the others still run. `batch_report.json` in the output
-    folder lists every line (status, frames, seconds, files). Exit code: 0 all lines done, 1 some failed.
-    """
-    out_dir = os.path.abspath(args.out_dir)
-    if not os.path.isdir(out_dir):
-        raise CliError(f"--out-dir does not exist: {out_dir}")
-    stems = [os.path.splitext(os.path.basename(a))[0] for a in args.audio_files]
-    if len(set(stems)) != len(stems):
-        raise CliError("two audio files share a name; their outputs would overwrite each other: rename one")
-    load_flame(args.flame, version=args.flame_version, use_torch=False)  # a bad head fails the batch at once
-    report, failed = [], 0
-    for audio, stem in zip(args.audio_files, stems, strict=True):
-        line = argparse.Namespace(**{
-            **vars(args), "audio": audio, "motion": None, "take": None, "out": os.path.join(out_dir, stem + ".blend"),
-            "glb": os.path.join(out_dir, stem + ".glb") if args.glb else None,
-            "fbx": os.path.join(out_dir, stem + ".fbx") if args.fbx else None})
-        t0 = time.perf_counter()
-        entry: dict[str, object] = {"audio": os.path.abspath(audio), "blend": line.out}
-        try:
-            entry.update(_animate_one(line), status="ok")
-            entry["worker_pid"] = _worker_pid(line)
-        except Exception as err:  # one line per failed dialogue line; the batch goes on
-            failed += 1
-            entry.update(status="failed", error=" ".join(str(err).split()))
-            print(f"flametalk: error: {stem}: {entry['error']}", file=sys.stderr)
-        entry["seconds"] = round(time.perf_counter() - t0, 3)
-        report.append(entry)
-    with open(os.path.join(out_dir, "batch_report.json"), "w", encoding="utf-8") as fh:
-        json.dump({"lines": report, "failed": failed}, fh, indent=1)
-    print(f"flametalk: batch done: {len(report) - failed} of {len(report)} lines written to {out_dir}")
-    return 1 if failed else 0
-
-
-def _worker_pid(args: argparse.Namespace) -> int | None:
-    from . import worker_client
-
-    for client in worker_client._CLIENTS.values():
-        if client.alive and client.proc is not None:
-            return client.proc.pid
-    return None
+    return run_batch(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

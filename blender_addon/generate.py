@@ -66,6 +66,7 @@ class GenerateRequest:
     worker_env: dict[str, str] | None = None
     scene: bpy.types.Scene | None = None
     temp_dir: str | None = None  # removed with the job (e.g. a packed sound written out)
+    spare_cores: int = 0  # CPU threads the worker leaves to Blender while computing (batch: it writes meanwhile)
 
 
 @dataclass
@@ -163,18 +164,24 @@ def _style_field(req: GenerateRequest, temp_dir: str, scene: bpy.types.Scene) ->
 
 class GenerateJob:
     """One generation: start() submits to the warm worker, poll() from a timer (UI) or wait() (blocking),
-    cancel() at any time, finish() keys the result. close() removes temporary files."""
+    cancel() at any time, finish() keys the result. close() removes temporary files.
 
-    def __init__(self, req: GenerateRequest):
+    `rig_required=False` (the batch CLI) submits before the head exists: the next line's motion is computed while
+    Blender writes the current one; finish() then gets the rig and scene it keys."""
+
+    def __init__(self, req: GenerateRequest, rig_required: bool = True):
         try:
-            check_request(req)
+            if rig_required or req.rig is not None:
+                check_request(req)
+            else:
+                check_inputs(req)
         except GenerateError:
             if req.temp_dir:  # e.g. a packed sound written out for this request
                 shutil.rmtree(req.temp_dir, ignore_errors=True)
             raise
         self.req = req
         self.scene = req.scene or bpy.context.scene
-        self.rig_name = req.rig.armature.name
+        self.rig_name = req.rig.armature.name if req.rig is not None else None
         self.temp_dir = tempfile.mkdtemp(prefix="flametalk_job_")
         self.out = os.path.join(self.temp_dir, "motion.npz")
         self.rid: int | None = None
@@ -195,6 +202,8 @@ class GenerateJob:
         fields = dict(audio=os.path.abspath(self.req.audio), out=self.out, checkpoint=self.req.checkpoint,
                       device=self.req.device, mode=self.req.mode, style=style, style_start=style_start,
                       postprocess=True)
+        if self.req.spare_cores:
+            fields["spare_cores"] = int(self.req.spare_cores)
         self.stage = "starting the worker"
         if not background:
             self._submit(fields)
@@ -263,24 +272,28 @@ class GenerateJob:
         if self.client is not None and self.rid is not None:
             self.client.cancel(self.rid)
 
-    def finish(self) -> GenerateResult:
-        """Key the finished motion (scene changes happen only here)."""
+    def finish(self, rig: FlameRig | None = None, scene: bpy.types.Scene | None = None) -> GenerateResult:
+        """Key the finished motion (scene changes happen only here): onto `rig` in `scene` if given, else onto
+        the head and scene of the request."""
         if self.result_event is None:
             raise GenerateError("the motion is not ready yet", "internal")
         try:
             motion, motion_fps = keyframes.load_motion(self.out)
         except MotionFileError as err:
             raise GenerateError(f"the worker wrote a bad motion file ({err})", "internal") from None
-        armature = bpy.data.objects.get(self.rig_name)
-        rig = find_rig(armature)
+        if rig is None:
+            rig = find_rig(bpy.data.objects.get(self.rig_name)) if self.rig_name else None
         if rig is None:
             raise GenerateError("the FLAME head was deleted while generating; nothing was keyed")
-        result = apply_motion(rig, motion, motion_fps, audio=self.req.audio, req=self.req, scene=self.scene)
+        result = apply_motion(rig, motion, motion_fps, audio=self.req.audio, req=self.req,
+                              scene=scene or self.scene)
         result.generate_seconds = time.perf_counter() - self.started
         result.provenance = _read_provenance(self.out)
         return result
 
     def close(self) -> None:
+        if self.client is not None and self.rid is not None:
+            self.client.forget(self.rid)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         if self.req.temp_dir:
             shutil.rmtree(self.req.temp_dir, ignore_errors=True)

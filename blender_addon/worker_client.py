@@ -42,7 +42,8 @@ class WorkerClient:
         self.hello: dict[str, Any] | None = None
         self._ids = itertools.count(1)
         self._stderr_thread: threading.Thread | None = None
-        self._pending: dict[int, list[dict[str, Any]]] = {}
+        self._pending: dict[int, list[dict[str, Any]]] = {}  # request id -> its events not yet polled
+        self._sent_to: dict[int, subprocess.Popen[str]] = {}  # request id -> the worker process that got it
 
     # ---- process ----
     @property
@@ -143,6 +144,7 @@ class WorkerClient:
         self.start()
         rid = next(self._ids)
         self._pending[rid] = []
+        self._sent_to[rid] = self.proc
         try:
             assert self.proc is not None and self.proc.stdin is not None
             self.proc.stdin.write(json.dumps({"id": rid, "cmd": cmd, **fields}) + "\n")
@@ -160,27 +162,51 @@ class WorkerClient:
             except (OSError, ValueError):
                 pass
 
-    def poll(self, rid: int) -> tuple[str, dict[str, Any] | None]:
-        """Non-blocking. ('progress', event) / ('result', event) / ('running', None); raises WorkerError."""
-        latest: dict[str, Any] | None = None
+    def _route(self) -> None:
+        """Move queued events into their request's inbox; several requests may be in flight (a batch submits the
+        next line while Blender writes the current one). Answers to forgotten requests are dropped."""
         while True:
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
-                break
+                return
+            if event.get("event") == "fatal":  # the worker gave up: every request hears it
+                for inbox in self._pending.values():
+                    inbox.append(event)
+                continue
+            inbox = self._pending.get(event.get("id"))
+            if inbox is not None:
+                inbox.append(event)
+
+    def poll(self, rid: int) -> tuple[str, dict[str, Any] | None]:
+        """Non-blocking. ('progress', event) / ('result', event) / ('running', None); raises WorkerError."""
+        self._route()
+        inbox = self._pending.get(rid, [])
+        latest: dict[str, Any] | None = None
+        while inbox:
+            event = inbox.pop(0)
             kind = event.get("event")
-            if event.get("id") != rid and kind not in ("fatal",):
-                continue  # an answer to an older, abandoned request
             if kind == "result":
-                self._pending.pop(rid, None)
+                self.forget(rid)
                 return "result", event
             if kind in ("error", "fatal"):
-                self._pending.pop(rid, None)
+                self.forget(rid)
                 raise WorkerError(str(event.get("message")), str(event.get("kind", "internal")))
             latest = event
+        if rid not in self._sent_to:
+            raise WorkerError(f"request {rid} is not pending (finished or forgotten)", "internal")
+        if self._sent_to[rid] is not self.proc:  # its worker died (and maybe another started since)
+            self.forget(rid)
+            raise WorkerError(f"the worker stopped unexpectedly during the job: {self._last_stderr()}", "crash")
         if not self.alive and self.events.empty():
+            self.forget(rid)
             raise self._died("during the job")
         return ("progress", latest) if latest else ("running", None)
+
+    def forget(self, rid: int) -> None:
+        """Stop keeping events of a request nobody will poll again (finished, failed or abandoned)."""
+        self._pending.pop(rid, None)
+        self._sent_to.pop(rid, None)
 
     def wait(self, rid: int, on_progress: Callable[[dict[str, Any]], Any] | None = None,
              timeout: float | None = None) -> dict[str, Any]:
@@ -195,6 +221,7 @@ class WorkerClient:
                     self.cancel(rid)
             if deadline is not None and time.monotonic() > deadline:
                 self.cancel(rid)
+                self.forget(rid)
                 raise WorkerError(f"the worker did not finish within {timeout:.0f} s", "timeout")
             time.sleep(0.02)
 

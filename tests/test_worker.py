@@ -112,3 +112,41 @@ def test_a_python_without_torch_is_reported(tmp_path):
     assert info.value.kind == "setup" and "torch is not installed" in str(info.value)
     with pytest.raises(WorkerError, match="worker Python not found"):
         WorkerClient(str(tmp_path / "nope" / "python")).start()
+
+
+def test_queued_jobs_each_get_their_own_answers(client, parity_checkpoint_dir, tmp_path):
+    """The batch CLI queues the next line while one runs: waiting for the later job must not swallow the earlier
+    job's events, and spare_cores lowers the threads of that job only."""
+    common = dict(checkpoint=str(parity_checkpoint_dir), device="cpu")
+    first = client.submit("generate", audio=str(AUDIO_DIR / "cn1.wav"), out=str(tmp_path / "a.npz"), **common)
+    second = client.submit("generate", audio=str(AUDIO_DIR / "eng2.wav"), out=str(tmp_path / "b.npz"),
+                           spare_cores=1, **common)
+    late = client.wait(second, timeout=300)  # the first job's progress and result arrive meanwhile
+    early = client.wait(first, timeout=60)
+    assert (early["frames"], late["frames"]) == (230, 85)
+    default = client.hello["threads"]
+    assert early["threads"] == default and late["threads"] == max(1, default - 1)
+    assert load_motion(tmp_path / "a.npz")[0].shape == (230, 106)
+    with pytest.raises(WorkerError, match="not pending"):
+        client.poll(first)
+    bad = client.submit("generate", audio=str(AUDIO_DIR / "eng2.wav"), out=str(tmp_path / "c.npz"),
+                        spare_cores=-1, **common)
+    with pytest.raises(WorkerError, match="spare_cores must be a whole number") as info:
+        client.wait(bad, timeout=60)
+    assert info.value.kind == "input" and not (tmp_path / "c.npz").exists()
+
+
+def test_a_job_queued_behind_a_crash_is_reported_not_waited_for(parity_checkpoint_dir, tmp_path):
+    c = WorkerClient(sys.executable)
+    c.start()
+    common = dict(checkpoint=str(parity_checkpoint_dir), device="cpu")
+    running = c.submit("generate", audio=str(long_silence(tmp_path, 600)), out=str(tmp_path / "k.npz"), **common)
+    queued = c.submit("generate", audio=str(AUDIO_DIR / "eng2.wav"), out=str(tmp_path / "q.npz"), **common)
+    with pytest.raises(WorkerError):
+        c.wait(running, on_progress=lambda e: c.proc.kill() if e.get("done", 0) >= 1 else None, timeout=300)
+    again = c.submit("generate", audio=str(AUDIO_DIR / "eng2.wav"), out=str(tmp_path / "r.npz"), **common)
+    with pytest.raises(WorkerError) as info:  # its worker is gone; a new one runs `again`
+        c.wait(queued, timeout=60)
+    assert info.value.kind == "crash" and "stopped unexpectedly" in str(info.value)
+    assert c.wait(again, timeout=300)["frames"] == 85
+    c.stop()

@@ -3,21 +3,24 @@
 Protocol (version PROTOCOL_VERSION): one JSON object per line. The worker's stdout carries only protocol lines
 (anything else a library prints goes to stderr). The worker speaks first:
 
-  <- {"event": "hello", "protocol": 1, "flametalk": "0.1.0", "torch": "...", "devices": ["cpu", ...]}
+  <- {"event": "hello", "protocol": 1, "flametalk": "0.1.0", "torch": "...", "devices": ["cpu", ...], "threads": 2}
 
 Requests (each has an "id" the answers repeat):
   -> {"id": 1, "cmd": "generate", "audio": "speech.wav", "out": "take.npz", "checkpoint": "DIR",
       "device": "auto", "mode": "exact", "style": null | "natural_0" | "clip.npy" | {"motion_npy": path},
-      "style_start": 0, "postprocess": true}
+      "style_start": 0, "postprocess": true, "spare_cores": 0}
+     spare_cores (optional): CPU threads the model leaves free for the caller while it computes (the batch CLI
+     leaves one to Blender, which writes the previous line meanwhile); the job runs on max(1, default - spare).
   <- {"event": "progress", "id": 1, "done": 1, "total": 3, "stage": "generate"}
-  <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8}
+  <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8, "threads": 2}
   <- {"event": "error", "id": 1, "message": "one readable line", "kind": "input" | "internal" | "cancelled"}
   -> {"id": 2, "cmd": "cancel", "target": 1}    (answered by the cancelled job's error event)
   -> {"id": 3, "cmd": "ping"}                   <- {"event": "pong", "id": 3, "loaded": "DIR|null"}
   -> {"id": 4, "cmd": "shutdown"}               <- {"event": "bye", "id": 4}
 
 The model stays loaded between requests (same checkpoint, device and mode); a request for another one reloads.
-Requests are read on a separate thread so a cancel arrives while a job runs; jobs run one at a time.
+Requests are read on a separate thread so a cancel arrives while a job runs; jobs run one at a time, in the order
+they came (a client may queue the next job while one runs).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Worker:
         self.model = None
         self.model_key: tuple | None = None
         self.checkpoint_info: dict[str, str] | None = None  # provenance of the loaded weights
+        self.default_threads = 1  # torch's CPU threads at start-up (physical cores, or OMP_NUM_THREADS)
 
     def send(self, **event: Any) -> None:
         with self.lock:
@@ -144,7 +148,9 @@ class Worker:
         if audio is None:
             raise FlameTalkError("generate needs an 'audio' file")
         style, style_name = load_style(req.get("style"), start_frame=int(req.get("style_start", 0)))
-        model = self.ensure_model(req)
+        threads = self.job_threads(req.get("spare_cores", 0))
+        model = self.ensure_model(req)  # loads with the threads of the job before (the default at first)
+        set_threads(threads)
 
         def progress(done: int, total: int) -> None:
             if rid in self.cancelled:
@@ -166,7 +172,20 @@ class Worker:
         }
         save_motion(out, motion, provenance=provenance)
         self.send(event="result", id=rid, out=str(out), frames=int(motion.shape[0]),
-                  seconds=round(time.perf_counter() - t0, 3))
+                  seconds=round(time.perf_counter() - t0, 3), threads=threads)
+
+    def job_threads(self, spare_cores: Any) -> int:
+        """CPU threads for a job: the start-up default minus what the caller keeps for itself."""
+        if isinstance(spare_cores, bool) or not isinstance(spare_cores, int) or spare_cores < 0:
+            raise FlameTalkError(f"spare_cores must be a whole number >= 0, got {spare_cores!r}")
+        return max(1, self.default_threads - spare_cores)
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def available_devices() -> list[str]:
@@ -193,8 +212,9 @@ def main() -> int:
         worker.send(event="fatal", message=f"torch is not installed in {sys.executable} ({err}); "
                                            "set up the runtime in the add-on preferences or pick a Python with torch")
         return 3
+    worker.default_threads = torch.get_num_threads()
     worker.send(event="hello", protocol=PROTOCOL_VERSION, flametalk=__version__, torch=torch.__version__,
-                python=sys.executable, devices=available_devices(), pid=os.getpid())
+                python=sys.executable, devices=available_devices(), pid=os.getpid(), threads=worker.default_threads)
     reader = threading.Thread(target=worker.read_requests, args=(sys.stdin,), daemon=True)
     reader.start()
     worker.serve()

@@ -1,0 +1,134 @@
+"""`python -m blender_addon.cli batch`: many dialogue lines, one warm worker, model and Blender working at once.
+
+Per line the worker computes the motion (seconds of torch) and Blender builds the head, keys it, saves the .blend
+and exports (seconds of single-threaded Python: glTF and FBX export alone take ~2 s for a 3-s line). Run one after
+the other, each side waits for the other; here line N+1 is submitted to the worker before Blender starts writing
+line N, so the model computes while Blender writes. Lines are still written, reported and numbered in order; a
+line that fails is reported in one line and skipped, the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cli import CliError, PreparedTake, check_fps, prepare_take, start_generation, write_take
+from .flame import load_flame
+
+REPORT_NAME = "batch_report.json"
+
+
+@dataclass
+class _Line:
+    audio: str
+    stem: str
+    args: argparse.Namespace
+    prep: PreparedTake | None = None
+    job: Any = None  # generate.GenerateJob submitted ahead of its turn
+    error: Exception | None = None  # found while preparing or submitting: reported in its turn
+    submitted: bool = False
+    entry: dict[str, object] = field(default_factory=dict)
+
+
+def _line_args(args: argparse.Namespace, audio: str, stem: str, out_dir: str) -> argparse.Namespace:
+    return argparse.Namespace(**{
+        **vars(args), "audio": audio, "motion": None, "take": None, "out": os.path.join(out_dir, stem + ".blend"),
+        "glb": os.path.join(out_dir, stem + ".glb") if args.glb else None,
+        "fbx": os.path.join(out_dir, stem + ".fbx") if args.fbx else None})
+
+
+def _submit(line: _Line, flame: Any, spare_cores: int) -> None:
+    """Check the line's inputs and hand its generation to the worker; a failure waits for the line's turn.
+    `spare_cores`: threads the model leaves to Blender (0 for the first line: Blender has nothing to write yet)."""
+    line.submitted = True
+    try:
+        line.prep = prepare_take(line.args, flame)
+        line.prep.request.spare_cores = spare_cores
+        line.job = start_generation(line.prep)
+    except Exception as err:  # reported in order, when the line's turn comes
+        line.error = err
+
+
+def _write(line: _Line) -> dict[str, object]:
+    if line.error is not None:
+        raise line.error
+    assert line.prep is not None
+    try:
+        return write_take(line.prep, line.job)
+    except Exception as err:
+        if getattr(err, "kind", None) != "crash":
+            raise
+    # The worker died while this line was queued behind another (or computing): once more on a fresh worker,
+    # as if the lines had run one after the other.
+    if line.job is not None:
+        line.job.close()
+    line.job = start_generation(line.prep)
+    return write_take(line.prep, line.job)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """One take per audio file with one warm worker (the model loads once for the whole list).
+
+    A line that fails is reported as one line and skipped; the others still run. `batch_report.json` in the output
+    folder lists every line (status, frames, seconds, files). Exit code: 0 all lines done, 1 some failed.
+    """
+    out_dir = os.path.abspath(args.out_dir)
+    if not os.path.isdir(out_dir):
+        raise CliError(f"--out-dir does not exist: {out_dir}")
+    check_fps(args.fps)
+    if args.spare_cores < 0:
+        raise CliError(f"--spare-cores must be 0 or more, got {args.spare_cores}")
+    stems = [os.path.splitext(os.path.basename(a))[0] for a in args.audio_files]
+    if len(set(stems)) != len(stems):
+        raise CliError("two audio files share a name; their outputs would overwrite each other: rename one")
+    flame = load_flame(args.flame, version=args.flame_version, use_torch=False)  # a bad head fails the batch at once
+    lines = [_Line(a, s, _line_args(args, a, s, out_dir)) for a, s in zip(args.audio_files, stems, strict=True)]
+    failed = 0
+    started = time.perf_counter()
+    try:
+        for i, line in enumerate(lines):
+            if not line.submitted:  # the first line, or every line with --no-overlap: nothing else runs
+                _submit(line, flame, 0)
+            if i + 1 < len(lines) and not args.no_overlap:  # the worker starts it once this line's motion is done
+                _submit(lines[i + 1], flame, args.spare_cores)
+            entry = line.entry
+            entry.update(audio=os.path.abspath(line.audio), blend=line.args.out)
+            try:
+                entry.update(_write(line), status="ok")
+                entry["worker_pid"] = _worker_pid()
+            except Exception as err:  # one line per failed dialogue line; the batch goes on
+                failed += 1
+                entry.update(status="failed", error=" ".join(str(err).split()))
+                print(f"flametalk: error: {line.stem}: {entry['error']}", file=sys.stderr)
+            finally:
+                if line.job is not None:
+                    line.job.close()
+                    line.job = None
+            # wall time this line added to the batch (its motion was mostly computed during the line before)
+            now = time.perf_counter()
+            entry["seconds"] = round(now - started, 3)
+            started = now
+    finally:
+        for line in lines:  # interrupted: cancel what was submitted ahead and remove its files
+            if line.job is not None:
+                line.job.cancel()
+                line.job.close()
+    report = [line.entry for line in lines]
+    with open(os.path.join(out_dir, REPORT_NAME), "w", encoding="utf-8") as fh:
+        json.dump({"lines": report, "failed": failed}, fh, indent=1)
+    print(f"flametalk: batch done: {len(report) - failed} of {len(report)} lines written to {out_dir}")
+    return 1 if failed else 0
+
+
+def _worker_pid() -> int | None:
+    from . import worker_client
+
+    for client in worker_client._CLIENTS.values():
+        if client.alive and client.proc is not None:
+            return client.proc.pid
+    return None
