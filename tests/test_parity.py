@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from flametalk.model.generate import GPU_AUDIO_BATCH
 from flametalk.reference import compute_outputs, load_vector, model_from_vector
 
 VECTOR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "artalk_parity_v1.pt"
@@ -32,12 +33,14 @@ def assert_matches(out: dict, ref: dict) -> None:
             assert flipped == 0, f"{key}: {flipped} of {want.numel()} bits differ"
 
 
-@pytest.mark.parametrize("recompute, prepare", [(False, True), (False, False), (True, False)],
-                         ids=["cached-packed", "cached", "release-order"])
-def test_every_output_matches_the_release(vector, recompute, prepare):
+@pytest.mark.parametrize("recompute, prepare, audio_batch", [(False, True, 1), (False, False, 1), (True, False, 1),
+                                                           (False, True, GPU_AUDIO_BATCH)],
+                         ids=["cached-packed", "cached", "release-order", "audio-windows-batched"])
+def test_every_output_matches_the_release(vector, recompute, prepare, audio_batch):
+    """audio-windows-batched: the GPU default (several windows per encoder call), checked here on the CPU."""
     torch.backends.cuda.matmul.allow_tf32 = False
     model = model_from_vector(vector)
-    out = compute_outputs(model, vector["inputs"], recompute=recompute, prepare=prepare)
+    out = compute_outputs(model, vector["inputs"], recompute=recompute, prepare=prepare, audio_batch=audio_batch)
     assert_matches(out, vector["outputs"])
     # decoded motions are not all-zero placeholders: they move, and style changes them
     assert out["motion_with_style"].std() > 0.01

@@ -47,10 +47,11 @@ def model_from_vector(vector: dict[str, Any], device: str | torch.device = "cpu"
 
 @torch.inference_mode()
 def compute_outputs(model: ARTalkModel, inputs: dict[str, torch.Tensor], recompute: bool = False,
-                    prepare: bool = False) -> dict[str, torch.Tensor]:
+                    prepare: bool = False, audio_batch: int | None = None) -> dict[str, torch.Tensor]:
     """Every output the vector format records, from the vector's inputs (raw model outputs, no post-processing).
 
-    prepare=True runs the inference-prepared model (pre-packed weights), the path generate uses.
+    prepare=True runs the inference-prepared model (pre-packed weights), the path generate uses. audio_batch:
+    windows per audio-encoder call (default: the device's, generate.default_audio_batch).
     """
     if prepare:
         from .pipeline import prepare_for_inference
@@ -59,7 +60,7 @@ def compute_outputs(model: ARTalkModel, inputs: dict[str, torch.Tensor], recompu
     device = model.pos_embed.device
     audio = inputs["audio_16k"].float().to(device)
     style = inputs["style_motion"].float().to(device)
-    gen = Generator(model)
+    gen = Generator(model, audio_batch)
     out: dict[str, torch.Tensor] = {
         "motion_with_style": gen.run(audio, style, recompute=recompute),
         "motion_without_style": gen.run(audio, None, recompute=recompute),
