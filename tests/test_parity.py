@@ -64,3 +64,15 @@ def test_reference_run_cli_never_reads_outputs(vector, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert_matches(torch.load(out_path, weights_only=True), vector["outputs"])
+
+
+def test_the_first_windows_previous_motion_is_kept_only_by_a_prepared_model(vector):
+    """Its codes are a constant of the weights: a prepared model keeps them (the parity runs above use them for
+    the second clip), a model that may still be trained recomputes them."""
+    model = model_from_vector(vector)
+    compute_outputs(model, vector["inputs"])
+    assert getattr(model, "_zero_motion_codes", None) is None
+    compute_outputs(model, vector["inputs"], prepare=True)
+    with torch.inference_mode():
+        zeros = torch.zeros(1, model.cfg.window_frames, model.cfg.motion_dim)
+        assert torch.equal(model._zero_motion_codes, model.basic_vae.encode_single(zeros))
