@@ -3,8 +3,10 @@
 Per line the worker computes the motion (seconds of torch) and Blender builds the head, keys it, saves the .blend
 and exports (seconds of single-threaded Python: glTF and FBX export alone take ~2 s for a 3-s line). Run one after
 the other, each side waits for the other; here line N+1 is submitted to the worker before Blender starts writing
-line N, so the model computes while Blender writes. Lines are still written, reported and numbered in order; a
-line that fails is reported in one line and skipped, the others still run.
+line N, so the model computes while Blender writes; meanwhile the worker leaves `--spare-cores` CPU threads to
+Blender, and takes them all again while Blender waits for it (the worker's spare_cores command, applied between
+4-s windows). Lines are still written, reported and numbered in order; a line that fails is reported in one line
+and skipped, the others still run.
 """
 
 from __future__ import annotations
@@ -42,24 +44,27 @@ def _line_args(args: argparse.Namespace, audio: str, stem: str, out_dir: str) ->
         "fbx": os.path.join(out_dir, stem + ".fbx") if args.fbx else None})
 
 
-def _submit(line: _Line, flame: Any, spare_cores: int) -> None:
-    """Check the line's inputs and hand its generation to the worker; a failure waits for the line's turn.
-    `spare_cores`: threads the model leaves to Blender (0 for the first line: Blender has nothing to write yet)."""
+def _submit(line: _Line, flame: Any) -> None:
+    """Check the line's inputs and hand its generation to the worker; a failure waits for the line's turn."""
     line.submitted = True
     try:
         line.prep = prepare_take(line.args, flame)
-        line.prep.request.spare_cores = spare_cores
         line.job = start_generation(line.prep)
     except Exception as err:  # reported in order, when the line's turn comes
         line.error = err
 
 
-def _write(line: _Line) -> dict[str, object]:
+def _write(line: _Line, spare_cores: int) -> dict[str, object]:
     if line.error is not None:
         raise line.error
     assert line.prep is not None
+
+    def busy(working: bool) -> None:  # Blender works: leave it cores; Blender waits: the model takes them all
+        if spare_cores and line.job is not None:
+            line.job.client.spare_cores(spare_cores if working else 0)
+
     try:
-        return write_take(line.prep, line.job)
+        return write_take(line.prep, line.job, busy)
     except Exception as err:
         if getattr(err, "kind", None) != "crash":
             raise
@@ -68,7 +73,7 @@ def _write(line: _Line) -> dict[str, object]:
     if line.job is not None:
         line.job.close()
     line.job = start_generation(line.prep)
-    return write_take(line.prep, line.job)
+    return write_take(line.prep, line.job, busy)
 
 
 def run_batch(args: argparse.Namespace) -> int:
@@ -92,14 +97,14 @@ def run_batch(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         for i, line in enumerate(lines):
-            if not line.submitted:  # the first line, or every line with --no-overlap: nothing else runs
-                _submit(line, flame, 0)
+            if not line.submitted:  # the first line, or every line with --no-overlap
+                _submit(line, flame)
             if i + 1 < len(lines) and not args.no_overlap:  # the worker starts it once this line's motion is done
-                _submit(lines[i + 1], flame, args.spare_cores)
+                _submit(lines[i + 1], flame)
             entry = line.entry
             entry.update(audio=os.path.abspath(line.audio), blend=line.args.out)
             try:
-                entry.update(_write(line), status="ok")
+                entry.update(_write(line, 0 if args.no_overlap else args.spare_cores), status="ok")
                 entry["worker_pid"] = _worker_pid()
             except Exception as err:  # one line per failed dialogue line; the batch goes on
                 failed += 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--glb", action="store_true", help="also export <audio stem>.glb")
     batch.add_argument("--fbx", action="store_true", help="also export <audio stem>.fbx")
     batch.add_argument("--spare-cores", type=int, default=1, metavar="N",
-                       help="CPU cores the model leaves to Blender, which writes one line while the model computes "
-                            "the next (default 1; 0 = the model takes all)")
+                       help="CPU cores the model leaves to Blender while Blender writes a line and the model computes "
+                            "the next (default 1; 0 = the model takes all); while Blender waits, the model takes all")
     batch.add_argument("--no-overlap", action="store_true",
                        help="generate each line only after the one before is written (for a machine shared with "
                             "other jobs)")
@@ -144,8 +144,7 @@ def _request(args: argparse.Namespace, scene: object) -> object:
         worker_python=args.worker_python or default_worker_python() or sys.executable,
         device=args.device.lower(), mode=args.mode, style=_style(args), start_frame=args.start_frame,
         controls=controls, push_to_nla=args.nla, add_sound_strip=bool(args.audio), range_mode="FIT",
-        take_name=args.take or ("" if args.audio else "FlameTalk take"), scene=scene,
-        spare_cores=getattr(args, "spare_cores", 0))
+        take_name=args.take or ("" if args.audio else "FlameTalk take"), scene=scene)
 
 
 def animate(args: argparse.Namespace) -> int:
@@ -221,8 +220,9 @@ def start_generation(prep: PreparedTake) -> Any:
     return job
 
 
-def write_take(prep: PreparedTake, job: Any = None) -> dict[str, object]:
-    """Fresh scene, FLAME head, keys (from `job`'s motion, or the --motion file), .blend and exports."""
+def write_take(prep: PreparedTake, job: Any = None, busy: Callable[[bool], None] | None = None) -> dict[str, object]:
+    """Fresh scene, FLAME head, keys (from `job`'s motion, or the --motion file), .blend and exports.
+    `busy(False)` is called when Blender starts waiting for the worker, `busy(True)` when it works again."""
     import bpy
 
     from . import export, generate, rig
@@ -236,7 +236,11 @@ def write_take(prep: PreparedTake, job: Any = None) -> dict[str, object]:
         result = generate.apply_motion(flame_rig, prep.motion, prep.motion_fps, audio=req.audio or None, req=req,
                                        scene=scene)
     else:
+        if busy is not None:
+            busy(False)
         job.wait(prep.args.timeout)
+        if busy is not None:
+            busy(True)
         result = job.finish(flame_rig, scene)
     take = result.take
     scene.frame_set(scene.frame_start)

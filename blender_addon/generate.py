@@ -66,7 +66,6 @@ class GenerateRequest:
     worker_env: dict[str, str] | None = None
     scene: bpy.types.Scene | None = None
     temp_dir: str | None = None  # removed with the job (e.g. a packed sound written out)
-    spare_cores: int = 0  # CPU threads the worker leaves to Blender while computing (batch: it writes meanwhile)
 
 
 @dataclass
@@ -202,8 +201,6 @@ class GenerateJob:
         fields = dict(audio=os.path.abspath(self.req.audio), out=self.out, checkpoint=self.req.checkpoint,
                       device=self.req.device, mode=self.req.mode, style=style, style_start=style_start,
                       postprocess=True)
-        if self.req.spare_cores:
-            fields["spare_cores"] = int(self.req.spare_cores)
         self.stage = "starting the worker"
         if not background:
             self._submit(fields)

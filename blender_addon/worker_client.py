@@ -162,6 +162,17 @@ class WorkerClient:
             except (OSError, ValueError):
                 pass
 
+    def spare_cores(self, cores: int) -> None:
+        """Tell a running worker how many CPU threads to leave to this process from now on (it applies it between
+        4-s windows). No answer; nothing happens without a worker."""
+        if self.alive:
+            try:
+                assert self.proc is not None and self.proc.stdin is not None
+                self.proc.stdin.write(json.dumps({"id": next(self._ids), "cmd": "spare_cores", "cores": cores}) + "\n")
+                self.proc.stdin.flush()
+            except (OSError, ValueError):
+                pass
+
     def _route(self) -> None:
         """Move queued events into their request's inbox; several requests may be in flight (a batch submits the
         next line while Blender writes the current one). Answers to forgotten requests are dropped."""

@@ -8,11 +8,12 @@ Protocol (version PROTOCOL_VERSION): one JSON object per line. The worker's stdo
 Requests (each has an "id" the answers repeat):
   -> {"id": 1, "cmd": "generate", "audio": "speech.wav", "out": "take.npz", "checkpoint": "DIR",
       "device": "auto", "mode": "exact", "style": null | "natural_0" | "clip.npy" | {"motion_npy": path},
-      "style_start": 0, "postprocess": true, "spare_cores": 0}
-     spare_cores (optional): CPU threads the model leaves free for the caller while it computes (the batch CLI
-     leaves one to Blender, which writes the previous line meanwhile); the job runs on max(1, default - spare).
-  <- {"event": "progress", "id": 1, "done": 1, "total": 3, "stage": "generate"}
+      "style_start": 0, "postprocess": true}
+  <- {"event": "progress", "id": 1, "done": 1, "total": 3, "stage": "generate", "threads": 2}
   <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8, "threads": 2}
+  -> {"id": 5, "cmd": "spare_cores", "cores": 1}  CPU threads the model leaves to the caller from now on (the
+     batch CLI: one while Blender writes a line, none while it waits); applied at once, from the next 4-s window of
+     a running job; jobs run on max(1, threads of "hello" - cores). No answer unless it is bad (an error event).
   <- {"event": "error", "id": 1, "message": "one readable line", "kind": "input" | "internal" | "cancelled"}
   -> {"id": 2, "cmd": "cancel", "target": 1}    (answered by the cancelled job's error event)
   -> {"id": 3, "cmd": "ping"}                   <- {"event": "pong", "id": 3, "loaded": "DIR|null"}
@@ -55,6 +56,7 @@ class Worker:
         self.model_key: tuple | None = None
         self.checkpoint_info: dict[str, str] | None = None  # provenance of the loaded weights
         self.default_threads = 1  # torch's CPU threads at start-up (physical cores, or OMP_NUM_THREADS)
+        self.spare_cores = 0  # threads left to the client (set by its spare_cores command)
 
     def send(self, **event: Any) -> None:
         with self.lock:
@@ -77,6 +79,8 @@ class Worker:
             cmd = req.get("cmd")
             if cmd == "cancel":
                 self.cancelled.add(req.get("target"))
+            elif cmd == "spare_cores":
+                self.set_spare_cores(req)
             elif cmd == "ping":
                 self.send(event="pong", id=req.get("id"), loaded=self.model_key[0] if self.model_key else None)
             else:
@@ -148,14 +152,15 @@ class Worker:
         if audio is None:
             raise FlameTalkError("generate needs an 'audio' file")
         style, style_name = load_style(req.get("style"), start_frame=int(req.get("style_start", 0)))
-        threads = self.job_threads(req.get("spare_cores", 0))
-        model = self.ensure_model(req)  # loads with the threads of the job before (the default at first)
-        set_threads(threads)
+        model = self.ensure_model(req)
 
-        def progress(done: int, total: int) -> None:
+        threads: list[int] = []  # per window: the client's spare_cores command may change it in between
+
+        def progress(done: int, total: int) -> None:  # before the first window and after each one
             if rid in self.cancelled:
                 raise Cancelled()
-            self.send(event="progress", id=rid, done=done, total=total, stage="generate")
+            threads.append(self.use_threads())
+            self.send(event="progress", id=rid, done=done, total=total, stage="generate", threads=threads[-1])
 
         motion = generate_motion(model, audio, style, progress=progress)
         if req.get("postprocess", True):
@@ -171,21 +176,27 @@ class Worker:
             "audio": str(req["audio"]),
         }
         save_motion(out, motion, provenance=provenance)
+        last_window_threads = threads[max(0, len(threads) - 2)]  # the final progress call precedes no window
         self.send(event="result", id=rid, out=str(out), frames=int(motion.shape[0]),
-                  seconds=round(time.perf_counter() - t0, 3), threads=threads)
+                  seconds=round(time.perf_counter() - t0, 3), threads=last_window_threads)
 
-    def job_threads(self, spare_cores: Any) -> int:
-        """CPU threads for a job: the start-up default minus what the caller keeps for itself."""
-        if isinstance(spare_cores, bool) or not isinstance(spare_cores, int) or spare_cores < 0:
-            raise FlameTalkError(f"spare_cores must be a whole number >= 0, got {spare_cores!r}")
-        return max(1, self.default_threads - spare_cores)
+    def set_spare_cores(self, req: dict[str, Any]) -> None:
+        """Reader thread: remember how many threads the client keeps; the job loop applies it between windows."""
+        cores = req.get("cores")
+        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 0:
+            self.send(event="error", id=req.get("id"), kind="input",
+                      message=f"spare_cores: 'cores' must be a whole number >= 0, got {cores!r}")
+            return
+        self.spare_cores = cores
 
+    def use_threads(self) -> int:
+        """Job loop: run on the start-up threads minus the client's spare cores (torch changes only if needed)."""
+        import torch
 
-def set_threads(threads: int) -> None:
-    import torch
-
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+        threads = max(1, self.default_threads - self.spare_cores)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return threads
 
 
 def available_devices() -> list[str]:
