@@ -154,21 +154,19 @@ class WorkerClient:
         return rid
 
     def cancel(self, rid: int) -> None:
-        if self.alive:
-            try:
-                assert self.proc is not None and self.proc.stdin is not None
-                self.proc.stdin.write(json.dumps({"id": next(self._ids), "cmd": "cancel", "target": rid}) + "\n")
-                self.proc.stdin.flush()
-            except (OSError, ValueError):
-                pass
+        self._notify("cancel", target=rid)
 
     def spare_cores(self, cores: int) -> None:
         """Tell a running worker how many CPU threads to leave to this process from now on (it applies it between
         4-s windows). No answer; nothing happens without a worker."""
+        self._notify("spare_cores", cores=cores)
+
+    def _notify(self, cmd: str, **fields: Any) -> None:
+        """A command nobody waits for: sent if a worker runs, silently dropped otherwise."""
         if self.alive:
             try:
                 assert self.proc is not None and self.proc.stdin is not None
-                self.proc.stdin.write(json.dumps({"id": next(self._ids), "cmd": "spare_cores", "cores": cores}) + "\n")
+                self.proc.stdin.write(json.dumps({"id": next(self._ids), "cmd": cmd, **fields}) + "\n")
                 self.proc.stdin.flush()
             except (OSError, ValueError):
                 pass
