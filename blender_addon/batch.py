@@ -105,7 +105,6 @@ def run_batch(args: argparse.Namespace) -> int:
             entry.update(audio=os.path.abspath(line.audio), blend=line.args.out)
             try:
                 entry.update(_write(line, 0 if args.no_overlap else args.spare_cores), status="ok")
-                entry["worker_pid"] = _worker_pid()
             except Exception as err:  # one line per failed dialogue line; the batch goes on
                 failed += 1
                 entry.update(status="failed", error=" ".join(str(err).split()))
@@ -129,11 +128,3 @@ def run_batch(args: argparse.Namespace) -> int:
     print(f"flametalk: batch done: {len(report) - failed} of {len(report)} lines written to {out_dir}")
     return 1 if failed else 0
 
-
-def _worker_pid() -> int | None:
-    from . import worker_client
-
-    for client in worker_client._CLIENTS.values():
-        if client.alive and client.proc is not None:
-            return client.proc.pid
-    return None

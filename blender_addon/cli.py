@@ -254,9 +254,10 @@ def write_take(prep: PreparedTake, job: Any = None, busy: Callable[[bool], None]
     first, last = take.frame_range
     print(f"flametalk: wrote {prep.out} (take {take.name}: {len(result.motion)} frames at 25 fps -> scene frames "
           f"{first:g}..{last:g}, {take.n_keys} keys)")
-    worker = (job.result_event or {}) if job is not None else {}
+    worker = {} if job is None else {"generate_seconds": job.result_event.get("seconds"),
+                                     "worker_pid": (job.client.hello or {}).get("pid")}
     return {"take": take.name, "frames": len(result.motion), "keys": take.n_keys, "glb": prep.glb, "fbx": prep.fbx,
-            "generate_seconds": worker.get("seconds"), "worker_threads": worker.get("threads")}
+            **worker}
 
 
 def batch(args: argparse.Namespace) -> int:

@@ -42,8 +42,8 @@ class WorkerClient:
         self.hello: dict[str, Any] | None = None
         self._ids = itertools.count(1)
         self._stderr_thread: threading.Thread | None = None
-        self._pending: dict[int, list[dict[str, Any]]] = {}  # request id -> its events not yet polled
-        self._sent_to: dict[int, subprocess.Popen[str]] = {}  # request id -> the worker process that got it
+        # request id -> (the worker process that got it, its events not yet polled)
+        self._pending: dict[int, tuple[subprocess.Popen[str] | None, list[dict[str, Any]]]] = {}
 
     # ---- process ----
     @property
@@ -143,8 +143,7 @@ class WorkerClient:
     def submit(self, cmd: str, **fields: Any) -> int:
         self.start()
         rid = next(self._ids)
-        self._pending[rid] = []
-        self._sent_to[rid] = self.proc
+        self._pending[rid] = (self.proc, [])
         try:
             assert self.proc is not None and self.proc.stdin is not None
             self.proc.stdin.write(json.dumps({"id": rid, "cmd": cmd, **fields}) + "\n")
@@ -180,17 +179,17 @@ class WorkerClient:
             except queue.Empty:
                 return
             if event.get("event") == "fatal":  # the worker gave up: every request hears it
-                for inbox in self._pending.values():
+                for _, inbox in self._pending.values():
                     inbox.append(event)
-                continue
-            inbox = self._pending.get(event.get("id"))
-            if inbox is not None:
-                inbox.append(event)
+            elif event.get("id") in self._pending:
+                self._pending[event["id"]][1].append(event)
 
     def poll(self, rid: int) -> tuple[str, dict[str, Any] | None]:
         """Non-blocking. ('progress', event) / ('result', event) / ('running', None); raises WorkerError."""
         self._route()
-        inbox = self._pending.get(rid, [])
+        if rid not in self._pending:
+            raise WorkerError(f"request {rid} is not pending (finished or forgotten)", "internal")
+        sent_to, inbox = self._pending[rid]
         latest: dict[str, Any] | None = None
         while inbox:
             event = inbox.pop(0)
@@ -202,9 +201,7 @@ class WorkerClient:
                 self.forget(rid)
                 raise WorkerError(str(event.get("message")), str(event.get("kind", "internal")))
             latest = event
-        if rid not in self._sent_to:
-            raise WorkerError(f"request {rid} is not pending (finished or forgotten)", "internal")
-        if self._sent_to[rid] is not self.proc:  # its worker died (and maybe another started since)
+        if sent_to is not self.proc:  # its worker died (and maybe another started since)
             self.forget(rid)
             raise WorkerError(f"the worker stopped unexpectedly during the job: {self._last_stderr()}", "crash")
         if not self.alive and self.events.empty():
@@ -215,7 +212,6 @@ class WorkerClient:
     def forget(self, rid: int) -> None:
         """Stop keeping events of a request nobody will poll again (finished, failed or abandoned)."""
         self._pending.pop(rid, None)
-        self._sent_to.pop(rid, None)
 
     def wait(self, rid: int, on_progress: Callable[[dict[str, Any]], Any] | None = None,
              timeout: float | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Requests (each has an "id" the answers repeat):
       "device": "auto", "mode": "exact", "style": null | "natural_0" | "clip.npy" | {"motion_npy": path},
       "style_start": 0, "postprocess": true}
   <- {"event": "progress", "id": 1, "done": 1, "total": 3, "stage": "generate", "threads": 2}
-  <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8, "threads": 2}
+  <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8}
   -> {"id": 5, "cmd": "spare_cores", "cores": 1}  CPU threads the model leaves to the caller from now on (the
      batch CLI: one while Blender writes a line, none while it waits); applied at once, from the next 4-s window of
      a running job; jobs run on max(1, threads of "hello" - cores). No answer unless it is bad (an error event).
@@ -154,13 +154,11 @@ class Worker:
         style, style_name = load_style(req.get("style"), start_frame=int(req.get("style_start", 0)))
         model = self.ensure_model(req)
 
-        threads: list[int] = []  # per window: the client's spare_cores command may change it in between
-
         def progress(done: int, total: int) -> None:  # before the first window and after each one
             if rid in self.cancelled:
                 raise Cancelled()
-            threads.append(self.use_threads())
-            self.send(event="progress", id=rid, done=done, total=total, stage="generate", threads=threads[-1])
+            # the client's spare_cores command may have changed since the last window
+            self.send(event="progress", id=rid, done=done, total=total, stage="generate", threads=self.use_threads())
 
         motion = generate_motion(model, audio, style, progress=progress)
         if req.get("postprocess", True):
@@ -176,9 +174,8 @@ class Worker:
             "audio": str(req["audio"]),
         }
         save_motion(out, motion, provenance=provenance)
-        last_window_threads = threads[max(0, len(threads) - 2)]  # the final progress call precedes no window
         self.send(event="result", id=rid, out=str(out), frames=int(motion.shape[0]),
-                  seconds=round(time.perf_counter() - t0, 3), threads=last_window_threads)
+                  seconds=round(time.perf_counter() - t0, 3))
 
     def set_spare_cores(self, req: dict[str, Any]) -> None:
         """Reader thread: remember how many threads the client keeps; the job loop applies it between windows."""
