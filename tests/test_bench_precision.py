@@ -16,7 +16,7 @@ from flametalk.precision import apply_mode, random_init_model
 from flametalk.reference import load_vector, model_from_vector
 
 
-@pytest.mark.parametrize("extra, mode", [([], "exact"), (["--mode", "fast"], "fast"),
+@pytest.mark.parametrize("extra, mode", [(["--retake"], "exact"), (["--mode", "fast"], "fast"),
                                          (["--release-order"], "release-order")])
 def test_bench_prints_one_json_line(parity_checkpoint_dir, extra, mode):
     run = run_flametalk("bench", "--checkpoint", str(parity_checkpoint_dir), "--seconds", "2", "--threads", "1",
@@ -28,11 +28,15 @@ def test_bench_prints_one_json_line(parity_checkpoint_dir, extra, mode):
     assert result["rtf"] == pytest.approx(result["seconds_compute"] / 2.0, abs=1e-4)  # both rounded for print
     assert 0 < result["rtf_min"] <= result["rtf"]
     assert result["peak_rss_mb"] > 100
+    assert ("seconds_retake" in result) == ("--retake" in extra)  # its speed-up is measured in BENCHMARKS.md;
+    # that the retake skips the encoder and keeps the bits is tested in test_condcache.py
 
 
 def test_bench_needs_a_model():
     run = run_flametalk("bench", "--seconds", "2")
     assert run.returncode == 2 and "needs --random-init or --checkpoint" in run.stderr
+    run = run_flametalk("bench", "--random-init", "--release-order", "--retake")
+    assert run.returncode == 2 and "drop one of the two options" in run.stderr
 
 
 def test_fast_mode_keeps_motion_statistics_and_style_encoder_in_fp32():

@@ -44,6 +44,25 @@ def test_generate_writes_the_same_motion_as_the_library(client, parity_checkpoin
     assert len(prov["checkpoint"]["sha256"]) == 64
 
 
+def test_another_style_for_the_same_line_reuses_its_audio(client, parity_checkpoint_dir, tmp_path):
+    """The worker keeps a clip's audio conditions: the retake reports it and gives the library's motion."""
+    samples = load_audio(AUDIO_DIR / "eng2.wav")[: 3 * 16000]  # a clip no other test sends
+    first_wav, again_wav = tmp_path / "line.wav", tmp_path / "line_copy.wav"
+    sf.write(first_wav, samples, 16000, subtype="FLOAT")
+    sf.write(again_wav, samples, 16000, subtype="FLOAT")
+    style = (0.1 * np.random.default_rng(3).standard_normal((50, 106))).astype(np.float32)
+    np.save(tmp_path / "style.npy", style)
+    results = []
+    for wav, style_spec, out in ((first_wav, None, "a.npz"), (again_wav, str(tmp_path / "style.npy"), "b.npz")):
+        rid = client.submit("generate", audio=str(wav), out=str(tmp_path / out), style=style_spec,
+                            checkpoint=str(parity_checkpoint_dir), device="cpu")
+        results.append(client.wait(rid, timeout=300))
+    assert [r["audio_cached"] for r in results] == [False, True]
+    model = load_checkpoint(parity_checkpoint_dir)
+    expected = postprocess_motion(generate_motion(model, load_audio(again_wav), style))
+    np.testing.assert_array_equal(load_motion(tmp_path / "b.npz")[0], expected)
+
+
 def test_a_second_take_starts_computing_within_a_second(client, parity_checkpoint_dir, tmp_path):
     client.wait(client.submit("generate", audio=str(AUDIO_DIR / "eng2.wav"), out=str(tmp_path / "a.npz"),
                               checkpoint=str(parity_checkpoint_dir), device="cpu"), timeout=300)

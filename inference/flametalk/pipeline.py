@@ -12,6 +12,7 @@ from .constants import MOTION_DIM, STYLE_FRAMES
 from .errors import FlameTalkError
 from .model.artalk import ARTalkModel
 from .model.audio import freeze_weight_norm
+from .model.condcache import ConditionCache
 from .model.featext import swap_feature_extractor
 from .model.generate import Generator
 from .model.packed import fuse_encoder_gelu, onednn_available, pack_linears
@@ -47,10 +48,12 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
 
 @torch.inference_mode()
 def generate_motion(model: ARTalkModel, audio_16k: np.ndarray, style_motion: np.ndarray | None = None,
-                    progress: ProgressFn | None = None, recompute: bool = False) -> np.ndarray:
+                    progress: ProgressFn | None = None, recompute: bool = False,
+                    cache: ConditionCache | None = None) -> np.ndarray:
     """Mono 16 kHz float audio (N,) -> raw model motion (ceil(N / 640), 106) float32 at 25 fps.
 
-    `progress(done_windows, total_windows)` is called before the first and after every 4-s window.
+    `progress(done_windows, total_windows)` is called before the first and after every 4-s window. `cache` keeps
+    audio conditions between calls on this same model (the warm worker: another take of a line skips the encoder).
     Post-processing (smoothing, jaw roll/yaw zeroing) is separate: flametalk.postprocess.
     """
     audio = np.asarray(audio_16k, dtype=np.float32)
@@ -67,5 +70,5 @@ def generate_motion(model: ARTalkModel, audio_16k: np.ndarray, style_motion: np.
         style = torch.from_numpy(style_arr)[None].to(device)
     audio_t = torch.from_numpy(audio)[None].to(device)
     prepare_for_inference(model)
-    motion = Generator(model).run(audio_t, style, progress=progress, recompute=recompute)
+    motion = Generator(model).run(audio_t, style, progress=progress, recompute=recompute, cache=cache)
     return motion[0].float().cpu().numpy()

@@ -10,7 +10,9 @@ Requests (each has an "id" the answers repeat):
       "device": "auto", "mode": "exact", "style": null | "natural_0" | "clip.npy" | {"motion_npy": path},
       "style_start": 0, "postprocess": true}
   <- {"event": "progress", "id": 1, "done": 1, "total": 3, "stage": "generate", "threads": 2}
-  <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8}
+  <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8, "audio_cached": false}
+     ("audio_cached": the clip's audio conditions were kept from an earlier take on this model, so the audio
+     encoder did not run: another style for the same line costs only the decoding)
   -> {"id": 5, "cmd": "spare_cores", "cores": 1}  CPU threads the model leaves to the caller from now on (the
      batch CLI: one while Blender writes a line, none while it waits); applied at once, from the next 4-s window of
      a running job; jobs run on max(1, threads of "hello" - cores). No answer unless it is bad (an error event).
@@ -55,6 +57,7 @@ class Worker:
         self.model = None
         self.model_key: tuple | None = None
         self.checkpoint_info: dict[str, str] | None = None  # provenance of the loaded weights
+        self.condition_cache = None  # audio conditions of recent clips, for the loaded model only
         self.default_threads = 1  # torch's CPU threads at start-up (physical cores, or OMP_NUM_THREADS)
         self.spare_cores = 0  # threads left to the client (set by its spare_cores command)
 
@@ -121,6 +124,7 @@ class Worker:
         from .assets import default_checkpoint_dir
         from .checkpoint import checkpoint_provenance, load_checkpoint
         from .devices import configure_torch_for_parity, resolve_device
+        from .model.condcache import ConditionCache
         from .precision import apply_mode
 
         checkpoint = req.get("checkpoint") or str(default_checkpoint_dir())
@@ -129,11 +133,13 @@ class Worker:
         key = (str(Path(checkpoint).expanduser().resolve()), str(device), mode)
         if self.model is None or self.model_key != key:
             self.model = None  # free the old model before loading a new one
+            self.condition_cache = None
             configure_torch_for_parity()
             self.send(event="progress", id=req.get("id"), done=0, total=0, stage="loading model")
             self.model = apply_mode(load_checkpoint(checkpoint, device=device), mode)
             self.model_key = key
             self.checkpoint_info = checkpoint_provenance(checkpoint)
+            self.condition_cache = ConditionCache()
         return self.model
 
     def generate(self, req: dict[str, Any]) -> None:
@@ -160,7 +166,7 @@ class Worker:
             # the client's spare_cores command may have changed since the last window
             self.send(event="progress", id=rid, done=done, total=total, stage="generate", threads=self.use_threads())
 
-        motion = generate_motion(model, audio, style, progress=progress)
+        motion = generate_motion(model, audio, style, progress=progress, cache=self.condition_cache)
         if req.get("postprocess", True):
             motion = postprocess_motion(motion)
         if rid in self.cancelled:
@@ -175,7 +181,7 @@ class Worker:
         }
         save_motion(out, motion, provenance=provenance)
         self.send(event="result", id=rid, out=str(out), frames=int(motion.shape[0]),
-                  seconds=round(time.perf_counter() - t0, 3))
+                  seconds=round(time.perf_counter() - t0, 3), audio_cached=self.condition_cache.last_hit)
 
     def set_spare_cores(self, req: dict[str, Any]) -> None:
         """Reader thread: remember how many threads the client keeps; the job loop applies it between windows."""

@@ -18,6 +18,7 @@ import torch
 from ..constants import FPS, SAMPLE_RATE
 from .artalk import ARTalkModel
 from .audio import encode_audio_windows
+from .condcache import ConditionCache, audio_key
 
 ProgressFn = Callable[[int, int], None]
 
@@ -158,8 +159,12 @@ class Generator:
 
     # ---- whole clip ----
     def run(self, audio_BN: torch.Tensor, style_BLD: torch.Tensor | None = None,
-            progress: ProgressFn | None = None, recompute: bool = False) -> torch.Tensor:
-        """Audio (B, N) float32 16 kHz -> raw motion (B, frames, motion_dim)."""
+            progress: ProgressFn | None = None, recompute: bool = False,
+            cache: ConditionCache | None = None) -> torch.Tensor:
+        """Audio (B, N) float32 16 kHz -> raw motion (B, frames, motion_dim).
+
+        With a `cache` (only for this model's weights), a clip seen before reuses its audio conditions and a new
+        one leaves them there once the whole clip is done."""
         B, N = audio_BN.shape
         audio_BN = audio_BN.float()
         style_B1E = self.model.style_condition(style_BLD, batch=B)
@@ -167,10 +172,21 @@ class Generator:
         total = windows.shape[0]
         if progress:
             progress(0, total)
-        conds = self.audio_conditions(windows)
+        key = audio_key(audio_BN) if cache is not None else None
+        cached = cache.get(key) if cache is not None else None
+        conds = iter(cached) if cached is not None else self.audio_conditions(windows)
+        keep = cache is not None and cached is None
+        kept: list[torch.Tensor] = []
+        kept_bytes = 0
         state = self.initial_state(style_B1E)
         motions = []
         for w, cond_BLD in enumerate(conds):
+            if keep:  # an hour-long clip would outgrow any budget: stop holding its conditions once it does
+                kept.append(cond_BLD)
+                kept_bytes += cond_BLD.numel() * cond_BLD.element_size()
+                keep = kept_bytes <= cache.budget_bytes
+                if not keep:
+                    kept.clear()
             bits = self.window_bits(cond_BLD, state, style_B1E, recompute=recompute)
             _, motion = self.model.basic_vae.decode_pair(state.prev_bits, bits)  # fp32 in every mode
             motions.append(motion)
@@ -178,4 +194,6 @@ class Generator:
                 state = self.next_state(state, motion, style_B1E)
             if progress:
                 progress(w + 1, total)
+        if keep:
+            cache.put(key, kept)
         return torch.cat(motions, dim=1)[:, : frames_for_samples(N)].float()
