@@ -255,6 +255,7 @@ def write_take(prep: PreparedTake, job: Any = None, busy: Callable[[bool], None]
     print(f"flametalk: wrote {prep.out} (take {take.name}: {len(result.motion)} frames at 25 fps -> scene frames "
           f"{first:g}..{last:g}, {take.n_keys} keys)")
     worker = {} if job is None else {"generate_seconds": job.result_event.get("seconds"),
+                                     "audio_reused": bool(job.result_event.get("audio_cached")),
                                      "worker_pid": (job.client.hello or {}).get("pid")}
     return {"take": take.name, "frames": len(result.motion), "keys": take.n_keys, "glb": prep.glb, "fbx": prep.fbx,
             **worker}

@@ -40,6 +40,7 @@ def test_batch_keeps_one_worker_and_skips_a_bad_line(overlap, parity_checkpoint_
     assert ok[0]["frames"] == 85 and ok[1]["frames"] == 230  # ceil(seconds * 25) of eng2 (3.4 s) and cn1 (9.2 s)
     assert ok[0]["worker_pid"] == ok[1]["worker_pid"] is not None  # the model stayed loaded across lines
     assert all(0 < e["generate_seconds"] < e["seconds"] + 60 for e in ok)
+    assert [e["audio_reused"] for e in ok] == [False, False]  # two different lines: both encoded
     assert abs(sum(e["seconds"] for e in report["lines"]) - run_seconds) < 5  # each line: the wall time it added
     for stem in ("eng2", "cn1"):
         assert (out / f"{stem}.blend").stat().st_size > 100_000 and (out / f"{stem}.glb").stat().st_size > 10_000
