@@ -61,6 +61,10 @@ def test_another_style_for_the_same_line_reuses_its_audio(client, parity_checkpo
     model = load_checkpoint(parity_checkpoint_dir)
     expected = postprocess_motion(generate_motion(model, load_audio(again_wav), style))
     np.testing.assert_array_equal(load_motion(tmp_path / "b.npz")[0], expected)
+    # another mode is another model (other conditions): its cache starts empty
+    rid = client.submit("generate", audio=str(first_wav), out=str(tmp_path / "c.npz"), mode="fast",
+                        checkpoint=str(parity_checkpoint_dir), device="cpu")
+    assert client.wait(rid, timeout=300)["audio_cached"] is False
 
 
 def test_a_second_take_starts_computing_within_a_second(client, parity_checkpoint_dir, tmp_path):
