@@ -29,15 +29,12 @@ class ConditionCache:
     def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES):
         self.budget_bytes = budget_bytes
         self._clips: OrderedDict[str, tuple[torch.Tensor, ...]] = OrderedDict()
+        self.bytes_used = 0  # sum of the kept clips' sizes
         self.last_hit = False  # whether the latest lookup found its clip (the worker reports it)
 
     @staticmethod
     def _size(conds: tuple[torch.Tensor, ...]) -> int:
         return sum(c.numel() * c.element_size() for c in conds)
-
-    @property
-    def bytes_used(self) -> int:
-        return sum(self._size(c) for c in self._clips.values())
 
     def __len__(self) -> int:
         return len(self._clips)
@@ -53,12 +50,13 @@ class ConditionCache:
         """Keep a finished clip's conditions; the oldest clips go first when the budget is exceeded. A clip larger
         than the whole budget is not kept (it would evict everything and still not fit)."""
         conds = tuple(conds)
-        if self._size(conds) > self.budget_bytes:
+        size = self._size(conds)
+        if size > self.budget_bytes:
             return
+        old = self._clips.pop(key, None)
+        if old is not None:
+            self.bytes_used -= self._size(old)
         self._clips[key] = conds
-        self._clips.move_to_end(key)
+        self.bytes_used += size
         while self.bytes_used > self.budget_bytes:
-            self._clips.popitem(last=False)
-
-    def clear(self) -> None:
-        self._clips.clear()
+            self.bytes_used -= self._size(self._clips.popitem(last=False)[1])
