@@ -10,6 +10,7 @@ import torch
 from . import filepages
 from .constants import MOTION_DIM, STYLE_FRAMES
 from .errors import FlameTalkError
+from .heap import keep_activation_memory
 from .model.artalk import ARTalkModel
 from .model.audio import freeze_weight_norm
 from .model.condcache import ConditionCache
@@ -31,7 +32,8 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
     of the audio encoder, the AR transformer and the autoencoder are pre-packed for oneDNN (same math, ~1.6x faster)
     and the encoder's feed-forward GEMMs apply their GELU themselves (bit for bit the same values).
     Packing the full model's fp32 weights takes ~2.6 s once (0.3 s in bf16); with plain weights oneDNN is as fast
-    for calls of ~200 rows but not for the AR's few-token calls, and packing all measured ~5 % faster overall."""
+    for calls of ~200 rows but not for the AR's few-token calls, and packing all measured ~5 % faster overall.
+    On CPU it also stops glibc from unmapping and re-faulting generation's buffers (heap.py)."""
     if getattr(model, "_prepared_for_inference", False):
         return model
     with filepages.releasing(getattr(model, "_file_weights", None)):
@@ -43,6 +45,8 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
     model._file_weights = None  # conversions are over: let the mapping go with the last weight that uses it
     model._prepared_for_inference = True
     filepages.release_free_heap()
+    if model_device(model).type == "cpu":
+        keep_activation_memory()  # after the conversions: generation's buffers stay in the heap (heap.py)
     return model
 
 
