@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from .heap import libc
+
 MADV_DONTNEED = 4  # Linux <sys/mman.h>
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -96,24 +98,9 @@ def done_with(tensor: torch.Tensor | None) -> bool:
     return _madvise()(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0
 
 
-def release_free_heap() -> None:
-    """Give freed heap pages (e.g. replaced, unpacked weights) back to the OS; glibc keeps them otherwise (~30 MB
-    RSS after packing). glibc Linux only."""
-    if sys.platform.startswith("linux"):
-        trim = getattr(_libc(), "malloc_trim", None)
-        if trim is not None:
-            trim(0)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    """The C library, looked up once."""
-    return ctypes.CDLL(None, use_errno=True)
-
-
 @functools.cache
 def _madvise():
     """libc's madvise with its argument types, set up once (a model has ~800 weights to hand back)."""
-    fn = _libc().madvise
+    fn = libc().madvise
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return fn

@@ -10,7 +10,7 @@ import torch
 from . import filepages
 from .constants import MOTION_DIM, STYLE_FRAMES
 from .errors import FlameTalkError
-from .heap import keep_activation_memory
+from .heap import keep_activation_memory, release_free_heap
 from .model.artalk import ARTalkModel
 from .model.audio import freeze_weight_norm
 from .model.condcache import ConditionCache
@@ -44,7 +44,7 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
             fuse_encoder_gelu(model.audio_encoder.encoder.layers)
     model._file_weights = None  # conversions are over: let the mapping go with the last weight that uses it
     model._prepared_for_inference = True
-    filepages.release_free_heap()
+    release_free_heap()
     if model_device(model).type == "cpu":
         keep_activation_memory()  # after the conversions: generation's buffers stay in the heap (heap.py)
     return model
