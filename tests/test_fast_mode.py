@@ -1,5 +1,5 @@
-"""Fast mode on CPU: int8 linear layers (oneDNN u8 x s8, only where the CPU has VNNI), time-major feature extractor,
-bmm attention."""
+"""Fast mode on CPU: int8 linear layers (oneDNN u8 x s8 where the CPU has VNNI, fbgemm elsewhere on x86),
+time-major feature extractor, bmm attention."""
 
 from __future__ import annotations
 
@@ -8,16 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import PARITY_VECTOR
+from flametalk import plan as plans
 from flametalk.model.audio import build_audio_encoder
 from flametalk.model.fastattn import BmmEncoderSelfAttention, bmm_attention
 from flametalk.model.featext import TimeMajorFeatureExtractor, supports_time_major
-from flametalk.model.int8 import Int8Linear, SharedInput, int8_available, quantize_input
+from flametalk.model.int8 import FbgemmInt8Linear, Int8Linear, SharedInput, onednn_int8_available, quantize_input
 from flametalk.model.packed import PackedLinear
 from flametalk.pipeline import generate_motion, prepare_for_inference
 from flametalk.precision import apply_mode
 from flametalk.reference import load_vector, model_from_vector
 
-needs_int8 = pytest.mark.skipif(not int8_available(), reason="this CPU has no VNNI / oneDNN int8")
+_cpu = plans.detect()
+# oneDNN's u8 x s8 kernels without VNNI add pairs of products in 16 bits (saturating): exactness needs VNNI
+needs_int8 = pytest.mark.skipif(not (onednn_int8_available() and (_cpu.avx512_vnni or _cpu.avx_vnni)),
+                                reason="oneDNN int8 needs VNNI (AVX-512 VNNI or AVX-VNNI); this CPU has neither")
+needs_fbgemm = pytest.mark.skipif(not _cpu.fbgemm, reason="fbgemm int8 needs an x86 CPU (torch's fbgemm engine)")
 
 
 def integer_linear(n_in: int, n_out: int, seed: int = 0) -> torch.nn.Linear:
@@ -114,10 +119,41 @@ def test_shared_input_quantises_a_tensor_once():
     assert again is not first and torch.equal(again[1], quantize_input(x, True)[1])
 
 
+@needs_fbgemm
+def test_fbgemm_int8_linear_is_exact_on_representable_values():
+    """7-bit activations (reduce_range): inputs spanning 0..127 with integer values have scale 1, zero point 0."""
+    layer = integer_linear(64, 48)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 128, (3, 64), generator=gen).float()
+    x[:, 5], x[:, 6] = 127.0, 0.0  # the tensor's range is exactly 0..127
+    expected = x.double() @ layer.weight.double().T + layer.bias.double()
+    got = FbgemmInt8Linear(layer)(x[None])
+    assert got.shape == (1, 3, 48) and got.dtype == torch.float32
+    assert torch.equal(got[0].double(), expected)
+    assert "7-bit" in repr(FbgemmInt8Linear(layer))
+
+
+@needs_fbgemm
+def test_fbgemm_without_reduced_range_can_saturate_and_with_it_does_not():
+    """Why the AVX2 plan quantises activations to 7 bits: u8 x s8 pairs summed in 16 bits overflow at full range
+    on CPUs without VNNI. With 7 bits the worst case is exact on every CPU."""
+    layer = torch.nn.Linear(256, 8, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(127.0)
+        layer.weight[1::2] *= -1
+    x = torch.full((4, 256), 255.0)
+    want = x.double() @ layer.weight.double().T
+    safe = FbgemmInt8Linear(layer, reduce_range=True)(x)
+    assert float((safe.double() - want).abs().max() / want.abs().max()) < 0.01
+    if not (_cpu.avx512_vnni or _cpu.avx_vnni):  # the AVX2 kernel's 16-bit pair sums: at full range they clip
+        full = FbgemmInt8Linear(layer, reduce_range=False)(x)
+        assert float((full.double() - want).abs().max() / want.abs().max()) > 0.05
+
+
 @needs_int8
 def test_fast_mode_swaps_encoder_and_block_linears(monkeypatch):
     vector = load_vector(PARITY_VECTOR)
-    fast = apply_mode(model_from_vector(vector), "fast")
+    fast = apply_mode(model_from_vector(vector), "fast", plan=plans.cpu_plan("avx2-vnni", "fast"))
     layers, blocks = len(fast.audio_encoder.encoder.layers), len(fast.attn_blocks)
     swapped = [n for n, m in fast.named_modules() if isinstance(m, Int8Linear)]
     assert len(swapped) == 6 * layers + 7 * blocks
@@ -134,7 +170,7 @@ def test_fast_mode_swaps_encoder_and_block_linears(monkeypatch):
     assert fast_motion.shape == exact_motion.shape == (75, 106) and np.isfinite(fast_motion).all()
     assert 0 < np.abs(fast_motion - exact_motion).mean() < 0.2  # drifts, but stays the same motion
     monkeypatch.setenv("FLAMETALK_INT8", "0")
-    plain = apply_mode(model_from_vector(vector), "fast")
+    plain = apply_mode(model_from_vector(vector), "fast", plan=plans.cpu_plan("avx2-vnni", "fast"))
     assert not any(isinstance(m, Int8Linear) for m in plain.modules())
 
 
@@ -192,7 +228,8 @@ def test_bmm_encoder_attention_replaces_transformers_attention():
 
 def test_fast_mode_on_cpu_uses_bmm_attention_and_exact_mode_does_not():
     vector = load_vector(PARITY_VECTOR)
-    exact, fast = prepare_for_inference(model_from_vector(vector)), apply_mode(model_from_vector(vector), "fast")
+    exact = prepare_for_inference(apply_mode(model_from_vector(vector), "exact", plan=plans.choose("cpu", "exact")))
+    fast = apply_mode(model_from_vector(vector), "fast")
     frame_attention = [m for m in fast.basic_vae.modules() if hasattr(m, "attention_fn")]
     assert len(frame_attention) == 2 * fast.cfg.vae_depth
     assert all(m.attention_fn is bmm_attention for m in frame_attention)
@@ -200,8 +237,9 @@ def test_fast_mode_on_cpu_uses_bmm_attention_and_exact_mode_does_not():
     assert all(isinstance(layer.attention, BmmEncoderSelfAttention) for layer in fast.audio_encoder.encoder.layers)
     assert all(blk.attn.attention_fn is None for blk in exact.attn_blocks)
     assert not any(isinstance(m, BmmEncoderSelfAttention) for m in exact.modules())
-    # exact mode's prepared model runs the time-major feature extractor too (fp32; parity checked in test_parity)
-    assert isinstance(exact.audio_encoder.feature_extractor, TimeMajorFeatureExtractor)
+    # exact mode's prepared model runs the time-major feature extractor too where the plan packs (fp32; parity
+    # checked in test_parity and test_plan)
+    assert isinstance(exact.audio_encoder.feature_extractor, TimeMajorFeatureExtractor) == exact._plan.pack
 
 
 def test_packed_linear_fuses_gelu_bit_for_bit_and_exact_mode_uses_it():
@@ -221,6 +259,8 @@ def test_packed_linear_fuses_gelu_bit_for_bit_and_exact_mode_uses_it():
     assert torch.equal(fused, F.gelu(plain))  # every bit: exact mode relies on it
     assert not torch.equal(fused, plain)
     exact = prepare_for_inference(model_from_vector(load_vector(PARITY_VECTOR)))
+    if not exact._plan.pack:
+        pytest.skip(f"the {exact._plan.name} plan does not pack (no oneDNN GELU post-op)")
     for enc_layer in exact.audio_encoder.encoder.layers:
         assert enc_layer.feed_forward.intermediate_dense.post_op == "gelu"
         assert isinstance(enc_layer.feed_forward.intermediate_act_fn, torch.nn.Identity)

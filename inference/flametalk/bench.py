@@ -41,7 +41,7 @@ def run_bench(args: argparse.Namespace) -> dict:
 
     from .devices import configure_torch_for_parity, resolve_device
     from .pipeline import generate_motion
-    from .precision import apply_mode, random_init_model
+    from .precision import apply_mode, model_plan, random_init_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,7 +82,13 @@ def run_bench(args: argparse.Namespace) -> dict:
         "frames": int(motion.shape[0]),
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "plan": model_plan(model).as_dict(),
     }
+    if device.type == "cpu":
+        from .plan import detect
+
+        cpu = detect()
+        result["cpu"] = {"model": cpu.model, "capability": cpu.torch_capability}
     if retake is not None:
         result["seconds_retake"] = round(retake, 4)
         result["rtf_retake"] = round(retake / args.seconds, 5)

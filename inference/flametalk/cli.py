@@ -3,6 +3,8 @@
   generate AUDIO [--checkpoint PATH] [--style S] [--style-start FRAME] [--device D] [--out FILE] [--no-postprocess]
       Speech -> motion .npz (motion (T, 106) float32 at 25 fps + provenance). Default --out: `<audio stem>.motion.npz`
       in the current folder (the audio's folder may be read-only or shared). Default checkpoint: the asset cache.
+  devices [--json]
+      What this machine has (CPU features, GPUs) and the kernel plan each mode uses (flametalk/plan.py).
   reference-run VECTOR.pt OUT.pt
       Run the model of a parity vector on its inputs and save the outputs.
   assets download [--accept-flame-license] | status | verify   [--cache DIR]
@@ -20,6 +22,7 @@ with the error's code (2 bad input, 3 model hub unreachable); anything unexpecte
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -123,6 +126,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "settings": {
             "postprocess": bool(args.postprocess),
             "device": str(device),
+            "mode": args.mode,
+            "plan": model._plan.as_dict(),
             "fps": FPS,
             "sample_rate": SAMPLE_RATE,
             "tf32": False,
@@ -130,7 +135,53 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "frames": int(motion.shape[0]),
     }
     save_motion(out, motion, fps=FPS, provenance=provenance)
-    print(f"wrote {out} ({motion.shape[0]} frames, {motion.shape[0] / FPS:.2f} s at {FPS} fps)")
+    print(f"wrote {out} ({motion.shape[0]} frames, {motion.shape[0] / FPS:.2f} s at {FPS} fps; "
+          f"{args.mode} mode, {model._plan.summary()})")
+    return 0
+
+
+# ---- devices ----
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    import torch
+
+    from .plan import PLAN_ENV, candidate_cpu_plans, choose, features_dict
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    report: dict[str, Any] = {"flametalk": __version__, "torch": torch.__version__, "cpu": features_dict(),
+                              "threads": torch.get_num_threads(), "devices": {}}
+    runnable, note = candidate_cpu_plans()
+    report["cpu_plans_runnable"] = runnable
+    if os.environ.get(PLAN_ENV):
+        report["cpu_plan_forced"] = {"requested": os.environ[PLAN_ENV], "refused": note}
+    for dev in devices:
+        entry: dict[str, Any] = {"plans": {m: choose(dev, m, warn=not args.json).as_dict() for m in ("exact", "fast")}}
+        if dev.startswith("cuda"):
+            entry["name"] = torch.cuda.get_device_name(torch.device(dev))
+        report["devices"][dev] = entry
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    cpu = report["cpu"]
+    have = [k for k in ("avx2", "avx512", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx", "onednn", "fbgemm")
+            if cpu[k]]
+    print(f"flametalk {__version__}, torch {torch.__version__}, {report['threads']} CPU threads")
+    print(f"CPU: {cpu['model']} ({cpu['machine']}; torch kernels: {cpu['torch_capability']}; "
+          f"has: {', '.join(have) or 'none of the x86 extensions'})")
+    for dev, entry in report["devices"].items():
+        name = f" ({entry['name']})" if "name" in entry else ""
+        print(f"{dev}{name}:")
+        for m, p in entry["plans"].items():
+            note = f" [instead of {p['fallback_from']}: {p['reason']}]" if p.get("fallback_from") else ""
+            print(f"  {m:5s}: {p['name']} plan: " + ("oneDNN-packed linears" if p["pack"] else "torch linears")
+                  + (f", int8 linears ({p['int8']})" if p["int8"] else "") + f", {p['dtype']}, "
+                  + f"{p['attention']} attention{note}")
     return 0
 
 
@@ -243,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and accepting the FLAME licence")  # fmt: skip
             p.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=_cmd_assets)
+
+    v = sub.add_parser("devices", parents=[common], help="what this machine has and the kernels each mode uses")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.set_defaults(func=_cmd_devices)
 
     from . import bench
 

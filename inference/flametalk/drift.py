@@ -1,4 +1,4 @@
-"""`python -m flametalk drift`: how far fast mode (bf16/fp16) lands from exact mode (fp32).
+"""`python -m flametalk drift`: how far fast mode (int8 / bf16 / fp16, as the plan picks) lands from exact mode.
 
 Reports, for the parity vector's model (and optionally the full-size architecture with random weights):
 the share of token bits that differ, motion RMSE per channel group (expression / head / jaw), and the lip-vertex
@@ -86,7 +86,7 @@ def parity_vector_drift(vector_path: str, flame: Any) -> dict[str, Any]:
     fast = apply_mode(model_from_vector(vector), "fast")
     audio = vector["inputs"]["audio_16k"][0].float().numpy()
     style = vector["inputs"]["style_motion"][0].float().numpy()
-    return {"model": "parity vector (reduced, random fp16 weights)",
+    return {"model": "parity vector (reduced, random fp16 weights)", "plan": fast._plan.as_dict(),
             "with_style": compare(exact, fast, audio, style, flame),
             "without_style": compare(exact, fast, audio, None, flame)}
 
@@ -102,7 +102,8 @@ def random_model_drift(seconds: float, flame: Any) -> dict[str, Any]:
     fast = apply_mode(random_init_model(ARTalkConfig(), "exact"), "fast")  # same seed -> same weights, then cast
     with torch.no_grad():
         report = compare(exact, fast, test_signal(seconds), None, flame)
-    return {"model": f"full-size architecture, random weights, {seconds:g} s of test signal", "no_style": report}
+    return {"model": f"full-size architecture, random weights, {seconds:g} s of test signal",
+            "plan": fast._plan.as_dict(), "no_style": report}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

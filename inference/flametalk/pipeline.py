@@ -16,7 +16,8 @@ from .model.audio import freeze_weight_norm
 from .model.condcache import ConditionCache
 from .model.featext import swap_feature_extractor
 from .model.generate import Generator
-from .model.packed import fuse_encoder_gelu, onednn_available, pack_linears
+from .model.packed import fuse_encoder_gelu, pack_linears
+from .precision import model_plan
 
 ProgressFn = Callable[[int, int], None]
 
@@ -27,18 +28,17 @@ def model_device(model: ARTalkModel) -> torch.device:
 
 def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
     """One-time, in-place inference preparation (idempotent; never for a model that will be trained further):
-    the weight-normed positional convolution gets its computed weight, and on CPU the wav2vec2 feature extractor
-    runs time-major (model/featext.py: 1.5x faster, same fp32 products up to summation order), the linear layers
-    of the audio encoder, the AR transformer and the autoencoder are pre-packed for oneDNN (same math, ~1.6x faster)
-    and the encoder's feed-forward GEMMs apply their GELU themselves (bit for bit the same values).
-    Packing the full model's fp32 weights takes ~2.6 s once (0.3 s in bf16); with plain weights oneDNN is as fast
-    for calls of ~200 rows but not for the AR's few-token calls, and packing all measured ~5 % faster overall.
+    the weight-normed positional convolution gets its computed weight; where the model's plan packs (x86 CPUs,
+    flametalk/plan.py) the wav2vec2 feature extractor runs time-major (model/featext.py: the same fp32 products up
+    to summation order), the remaining float linear layers are pre-packed for oneDNN (same math) and the encoder's
+    feed-forward GEMMs apply their GELU themselves (bit for bit the same values). Speed figures: BENCHMARKS.md.
     On CPU it also stops glibc from unmapping and re-faulting generation's buffers (heap.py)."""
     if getattr(model, "_prepared_for_inference", False):
         return model
+    plan = model_plan(model)
     with filepages.releasing(getattr(model, "_file_weights", None)):
         freeze_weight_norm(model.audio_encoder)
-        if model_device(model).type == "cpu" and onednn_available():
+        if plan.pack:
             swap_feature_extractor(model, "audio_encoder.feature_extractor")
             pack_linears(model)
             fuse_encoder_gelu(model.audio_encoder.encoder.layers)

@@ -1,22 +1,22 @@
 """Exact and fast numeric modes, and a memory-lean randomly initialised model for benchmarks.
 
 exact: everything fp32 (matches the release bit for bit on the parity vectors).
-fast:  the audio encoder and the AR transformer in bf16 on CPU (AVX-512 bf16 / AMX where present) or fp16 on
-       CUDA/MPS; the motion autoencoder and the style encoder stay fp32 (they are cheap and decide the final motion).
-       On CPUs with VNNI the linear layers of the audio encoder's transformer and of the AR blocks run in int8
-       (flametalk.model.int8; FLAMETALK_INT8=0 turns that off).
+fast:  what the plan (flametalk/plan.py) picks for this device: the audio encoder's and the AR blocks' linear layers
+       in int8 on x86 CPUs (oneDNN with VNNI, fbgemm on AVX2), the rest of those parts in bf16 where the CPU
+       computes it natively (else fp32), fp16 on CUDA/MPS. The motion autoencoder's statistics and the style encoder
+       stay fp32 (they are cheap and decide the final motion). FLAMETALK_INT8=0 keeps the linears in float.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Literal
 
 import torch
 from torch import nn
 
 from . import filepages
+from . import plan as plans
 from .config import ARTalkConfig
 from .model.artalk import ARTalkModel
 from .model.vae import MotionAutoencoder
@@ -24,10 +24,6 @@ from .model.vae import MotionAutoencoder
 Mode = Literal["exact", "fast"]
 MODES: tuple[str, ...] = ("exact", "fast")
 INIT_STD = 0.02  # random-init scale: timing does not depend on the values, only that they stay finite
-
-
-def fast_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cpu" else torch.float16
 
 
 def fp32_tensors(model: ARTalkModel) -> set[int]:
@@ -40,43 +36,38 @@ def fp32_tensors(model: ARTalkModel) -> set[int]:
     return keep - low
 
 
-def apply_mode(model: ARTalkModel, mode: Mode) -> ARTalkModel:
-    """Cast in place for `mode` (weights are converted once, not per call)."""
+def model_plan(model: ARTalkModel) -> plans.Plan:
+    """The plan a model was (or will be) prepared with: set by apply_mode, else exact mode's for its device."""
+    plan = getattr(model, "_plan", None)
+    if plan is None:
+        plan = plans.choose(model.pos_embed.device, "exact")
+        model._plan = plan
+    return plan
+
+
+def apply_mode(model: ARTalkModel, mode: Mode, plan: plans.Plan | None = None) -> ARTalkModel:
+    """Cast in place for `mode` (weights are converted once, not per call) with `plan` (default: plan.choose for
+    the model's device). The plan is kept on the model for prepare_for_inference and for reports."""
     if getattr(model, "_prepared_for_inference", False):
         raise ValueError("apply_mode must run before the model is prepared for inference (packed weights)")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+    plan = plans.choose(model.pos_embed.device, mode) if plan is None else plan
+    model._plan = plan
     if mode == "exact":
         return model.float()
-    if mode != "fast":
-        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
-    device = next(model.parameters()).device
     with filepages.releasing(getattr(model, "_file_weights", None)):
-        cast_low_precision_parts(model, fast_dtype(device))
-        quantize_for_fast_mode(model)
-    use_fast_attention(model)
+        if plan.dtype != "float32":
+            cast_low_precision_parts(model, plan.torch_dtype())
+        if plan.int8:
+            from .model.int8 import quantize_model
+
+            quantize_model(model, plan.int8, time_major=plan.pack)
+    if plan.attention == "bmm":
+        from .model.fastattn import use_bmm_attention
+
+        use_bmm_attention(model)
     return model
-
-
-def use_fast_attention(model: ARTalkModel) -> int:
-    """CPU fast mode: bmm attention (model/fastattn.py) in the audio encoder and the AR blocks. CUDA/MPS keep
-    torch's fused kernels."""
-    from .model.fastattn import use_bmm_attention
-
-    return use_bmm_attention(model) if model.pos_embed.device.type == "cpu" else 0
-
-
-def int8_enabled(device: torch.device) -> bool:
-    from .model.int8 import int8_available
-
-    return device.type == "cpu" and os.environ.get("FLAMETALK_INT8", "1") != "0" and int8_available()
-
-
-def quantize_for_fast_mode(model: ARTalkModel) -> int:
-    """Swap the big linear layers for int8 ones where this CPU runs int8 fast. Returns how many were swapped."""
-    from .model.int8 import quantize_model
-
-    if not int8_enabled(model.pos_embed.device):
-        return 0
-    return quantize_model(model)
 
 
 def cast_low_precision_parts(model: ARTalkModel, dtype: torch.dtype) -> None:
@@ -106,7 +97,7 @@ def sinusoid_table(dim: int, length: int) -> torch.Tensor:
 
 @torch.no_grad()
 def random_init_model(cfg: ARTalkConfig, mode: Mode = "exact", device: str | torch.device = "cpu",
-                      seed: int = 0) -> ARTalkModel:
+                      seed: int = 0, plan: plans.Plan | None = None) -> ARTalkModel:
     """Full architecture with random weights, allocated directly in each part's final dtype.
 
     Building in fp32 and casting afterwards would touch 2 GB for the full-size model; this allocates one
@@ -114,15 +105,17 @@ def random_init_model(cfg: ARTalkConfig, mode: Mode = "exact", device: str | tor
     weights exist, so the bf16 weights of only one layer are alive at a time (peak RSS ~0.3 GB lower).
     """
     device = torch.device(device)
+    plan = plans.choose(device, mode) if plan is None else plan
     with torch.device("meta"):
         model = ARTalkModel(cfg)
-    if mode == "fast":
-        cast_low_precision_parts(model, fast_dtype(device))
+    model._plan = plan
+    if mode == "fast" and plan.dtype != "float32":
+        cast_low_precision_parts(model, plan.torch_dtype())
     units = {}
-    if mode == "fast" and int8_enabled(device):
+    if mode == "fast" and plan.int8:
         from .model.int8 import int8_units
 
-        units = int8_units(model)
+        units = int8_units(model, plan.int8, time_major=plan.pack)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     current = None  # the int8 unit whose parameters are being filled
     for name, p in list(model.named_parameters()):
@@ -140,8 +133,10 @@ def random_init_model(cfg: ARTalkConfig, mode: Mode = "exact", device: str | tor
             if b.is_meta:
                 module._buffers[name] = torch.zeros(b.shape, dtype=b.dtype, device=device)
     reset_buffers(model)
-    if mode == "fast":
-        use_fast_attention(model)
+    if mode == "fast" and plan.attention == "bmm":
+        from .model.fastattn import use_bmm_attention
+
+        use_bmm_attention(model)
     return model.eval().requires_grad_(False)
 
 

@@ -10,9 +10,11 @@ Requests (each has an "id" the answers repeat):
       "device": "auto", "mode": "exact", "style": null | "natural_0" | "clip.npy" | {"motion_npy": path},
       "style_start": 0, "postprocess": true}
   <- {"event": "progress", "id": 1, "done": 1, "total": 3, "stage": "generate", "threads": 2}
-  <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8, "audio_cached": false}
+  <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8, "audio_cached": false,
+      "plan": {"name": "avx2", "device": "cpu", "mode": "exact", "pack": true, "int8": null, ...}}
      ("audio_cached": the clip's audio conditions were kept from an earlier take on this model, so the audio
-     encoder did not run: another style for the same line costs only the decoding)
+     encoder did not run: another style for the same line costs only the decoding; "plan": the kernels the model
+     runs, flametalk/plan.py)
   -> {"id": 5, "cmd": "spare_cores", "cores": 1}  CPU threads the model leaves to the caller from now on (the
      batch CLI: one while Blender writes a line, none while it waits); applied at once, from the next 4-s window of
      a running job; jobs run on max(1, threads of "hello" - cores). No answer unless it is bad (an error event).
@@ -181,7 +183,8 @@ class Worker:
         }
         save_motion(out, motion, provenance=provenance)
         self.send(event="result", id=rid, out=str(out), frames=int(motion.shape[0]),
-                  seconds=round(time.perf_counter() - t0, 3), audio_cached=self.condition_cache.last_hit)
+                  seconds=round(time.perf_counter() - t0, 3), audio_cached=self.condition_cache.last_hit,
+                  plan=model._plan.as_dict())
 
     def set_spare_cores(self, req: dict[str, Any]) -> None:
         """Reader thread: remember how many threads the client keeps; the job loop applies it between windows."""

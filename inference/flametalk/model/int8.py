@@ -1,4 +1,4 @@
-"""Fast-mode int8 linear layers for x86 CPUs with AVX-512 VNNI (oneDNN u8 x s8 GEMM).
+"""Fast-mode int8 linear layers for x86 CPUs: oneDNN u8 x s8 GEMMs with VNNI, fbgemm's dynamic int8 without.
 
 On this project's 2-core AVX-512 machine an int8 GEMM runs at ~650-800 GOP/s against ~400 GFLOP/s in bf16, so the
 linear layers of the audio encoder (121 of its 146 GFLOP per window) and of the AR transformer take about half
@@ -10,11 +10,19 @@ reference path ~100x slower here). Scale granularity:
 - per token (row) otherwise (attention outputs, GELU outputs, loud vs silent frames): the GEMM runs with unit
   scale and no bias, and the row scales and the bias are applied afterwards.
 Query/key/value projections read the same input: it is quantised once (`SharedInput`).
+
+CPUs without VNNI (AVX2 only: AMD Zen 2/3, Intel before Ice Lake) use `FbgemmInt8Linear`: torch's dynamic quantised
+linear (fbgemm), which quantises the activations per tensor with their own min and max inside the op. Its AVX2
+kernel adds pairs of u8 x s8 products in 16 bits (vpmaddubsw), which saturates for large activations at both ends
+of the range, so activations get 7 bits there (`reduce_range`): exact again, at twice the rounding step. Which
+kind a model gets is the plan's choice (flametalk/plan.py).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -27,12 +35,11 @@ QMAX = 127.0
 ROWS_HINT = 200  # typical rows per call (one window's tokens); only tunes the packed layout
 
 
-def int8_available() -> bool:
-    """oneDNN's quantised linear ops exist and the CPU has VNNI (without it int8 is slower than bf16)."""
+def onednn_int8_available() -> bool:
+    """oneDNN's quantised linear ops exist in this torch (whether they are fast here is the plan's business)."""
     ops = getattr(torch.ops, "onednn", None)
-    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)
     return bool(ops is not None and hasattr(ops, "qlinear_prepack") and hasattr(ops, "qlinear_pointwise")
-                and torch.backends.mkldnn.is_available() and vnni())
+                and torch.backends.mkldnn.is_available())
 
 
 def quantize_weight(weight_NK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,37 +121,79 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({grain} activations){gelu}"
 
 
+class FbgemmInt8Linear(nn.Module):
+    """Inference-only replacement of nn.Linear through fbgemm's dynamic int8 GEMM; the output keeps the input's
+    dtype. Weights: symmetric int8 per output channel, packed once. Activations: quantised per tensor inside the op
+    (asymmetric, from their min and max), with 7 bits when `reduce_range` (CPUs without VNNI, see the module
+    docstring)."""
+
+    def __init__(self, linear: nn.Linear, reduce_range: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.reduce_range = reduce_range
+        weight_q, scale = quantize_weight(linear.weight)
+        zero = torch.zeros(self.out_features, dtype=torch.int64)
+        with warnings.catch_warnings():  # torch marks quantised tensor creation deprecated; the kernel is current
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch._make_per_channel_quantized_tensor(weight_q, scale.double(), zero, 0)
+        bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32 or not x2.is_contiguous():
+            x2 = x2.to(torch.float32, memory_format=torch.contiguous_format)
+        y = torch.ops.quantized.linear_dynamic(x2, self.packed, self.reduce_range)
+        return y.to(x.dtype).view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        bits = 7 if self.reduce_range else 8
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm, {bits}-bit " \
+               "per-tensor activations)"
+
+
+KINDS = ("onednn", "fbgemm")
+
+
 def _swap(parent: nn.Module, name: str, per_token: bool, shared: SharedInput | None = None,
-          gelu: bool = False) -> int:
+          gelu: bool = False, kind: str = "onednn") -> int:
     child = getattr(parent, name, None)
     if type(child) is not nn.Linear:
         return 0
-    setattr(parent, name, Int8Linear(child, per_token, shared, gelu))
+    if kind == "onednn":
+        setattr(parent, name, Int8Linear(child, per_token, shared, gelu))
+    elif kind == "fbgemm":
+        setattr(parent, name, FbgemmInt8Linear(child))
+    else:
+        raise ValueError(f"unknown int8 kind {kind!r}; use one of {KINDS}")
     done_with(child.weight)
     return 1
 
 
-def quantize_wav2vec_layer(layer: nn.Module) -> int:
+def quantize_wav2vec_layer(layer: nn.Module, kind: str = "onednn") -> int:
     """int8 for one transformer layer of a transformers wav2vec2/HuBERT encoder. Returns how many were swapped."""
     attn, ff = layer.attention, layer.feed_forward
-    shared = SharedInput()  # q/k/v read the same layer-normed tokens
-    count = sum(_swap(attn, name, per_token=False, shared=shared) for name in ("q_proj", "k_proj", "v_proj"))
-    count += _swap(attn, "out_proj", per_token=True)
-    fuse = type(ff.intermediate_dense) is nn.Linear and is_exact_gelu(ff.intermediate_act_fn)
-    count += _swap(ff, "intermediate_dense", per_token=False, gelu=fuse)
+    shared = SharedInput() if kind == "onednn" else None  # q/k/v read the same layer-normed tokens
+    count = sum(_swap(attn, name, per_token=False, shared=shared, kind=kind) for name in ("q_proj", "k_proj",
+                                                                                         "v_proj"))
+    count += _swap(attn, "out_proj", per_token=True, kind=kind)
+    fuse = kind == "onednn" and type(ff.intermediate_dense) is nn.Linear and is_exact_gelu(ff.intermediate_act_fn)
+    count += _swap(ff, "intermediate_dense", per_token=False, gelu=fuse, kind=kind)
     if fuse:  # the GEMM applies it now (one pass less over the widest activation)
         ff.intermediate_act_fn = nn.Identity()
-    return count + _swap(ff, "output_dense", per_token=True)
+    return count + _swap(ff, "output_dense", per_token=True, kind=kind)
 
 
-def quantize_ar_block(blk: nn.Module) -> int:
-    """int8 for one AR block. Every input here is modulated per token (AdaLN), so activations are quantised per
-    token. (The logits head is not a block and stays in the float dtype: it decides the bits.)"""
-    shared = SharedInput()  # queries, keys and values read the same modulated tokens
-    count = sum(_swap(blk.attn, name, per_token=True, shared=shared) for name in ("query", "key", "value"))
-    count += _swap(blk.attn, "proj", per_token=True)
-    count += _swap(blk.ffn, "0", per_token=True) + _swap(blk.ffn, "2", per_token=True)
-    return count + _swap(blk.ada_lin, "1", per_token=True)
+def quantize_ar_block(blk: nn.Module, kind: str = "onednn") -> int:
+    """int8 for one AR block. Every input here is modulated per token (AdaLN), so oneDNN's activations are
+    quantised per token. (The logits head is not a block and stays in the float dtype: it decides the bits.)"""
+    shared = SharedInput() if kind == "onednn" else None  # queries, keys and values read the same tokens
+    count = sum(_swap(blk.attn, name, per_token=True, shared=shared, kind=kind)
+                for name in ("query", "key", "value"))
+    count += _swap(blk.attn, "proj", per_token=True, kind=kind)
+    count += _swap(blk.ffn, "0", per_token=True, kind=kind) + _swap(blk.ffn, "2", per_token=True, kind=kind)
+    return count + _swap(blk.ada_lin, "1", per_token=True, kind=kind)
 
 
 Unit = Callable[[nn.Module, str], int]
@@ -154,20 +203,21 @@ def in_place(quantize_one: Callable[[nn.Module], int]) -> Unit:
     return lambda model, name: quantize_one(model.get_submodule(name))
 
 
-def int8_units(model: nn.Module) -> dict[str, Unit]:
-    """Submodule name -> its converter(model, name) for fast mode on a VNNI CPU: the encoder's transformer layers
-    and the AR blocks to int8, the feature extractor to time-major GEMMs (featext.py). Each unit's parameters are
-    contiguous in named_parameters() order, so a model can be converted while it is being filled."""
+def int8_units(model: nn.Module, kind: str = "onednn", time_major: bool = True) -> dict[str, Unit]:
+    """Submodule name -> its converter(model, name) for fast mode with int8 of `kind`: the encoder's transformer
+    layers and the AR blocks to int8, and (`time_major`) the feature extractor to time-major GEMMs (featext.py).
+    Each unit's parameters are contiguous in named_parameters() order, so a model can be converted while it is
+    being filled."""
     from .featext import swap_feature_extractor
 
-    units: dict[str, Unit] = {"audio_encoder.feature_extractor": swap_feature_extractor}
+    units: dict[str, Unit] = {"audio_encoder.feature_extractor": swap_feature_extractor} if time_major else {}
     for i in range(len(model.audio_encoder.encoder.layers)):
-        units[f"audio_encoder.encoder.layers.{i}"] = in_place(quantize_wav2vec_layer)
+        units[f"audio_encoder.encoder.layers.{i}"] = in_place(partial(quantize_wav2vec_layer, kind=kind))
     for i in range(len(model.attn_blocks)):
-        units[f"attn_blocks.{i}"] = in_place(quantize_ar_block)
+        units[f"attn_blocks.{i}"] = in_place(partial(quantize_ar_block, kind=kind))
     return units
 
 
-def quantize_model(model: nn.Module) -> int:
+def quantize_model(model: nn.Module, kind: str = "onednn", time_major: bool = True) -> int:
     """Convert every unit in place. Returns how many modules were replaced."""
-    return sum(fn(model, name) for name, fn in int8_units(model).items())
+    return sum(fn(model, name) for name, fn in int8_units(model, kind, time_major).items())
