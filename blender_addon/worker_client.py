@@ -3,6 +3,11 @@
 The worker is started once with the Python chosen in the preferences and kept warm between takes. Events are read
 on a background thread into a queue; Blender code polls `poll()` from a timer/modal handler (UI) or calls `wait()`
 (batch and tests). Every failure becomes a WorkerError with one readable message.
+
+A worker that goes silent is noticed: while a request is pending and nothing has come from the worker for
+PING_AFTER_S, the client sends a ping (answered by the worker's request reader even while a job computes); if neither
+the pong nor anything else arrives within SILENCE_TIMEOUT_S of that ping, the worker is stopped and the request fails
+with one message (kind "timeout"); the next request starts a new worker.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any
 PROTOCOL_VERSION = 1  # must match flametalk.worker.PROTOCOL_VERSION
 STARTUP_TIMEOUT_S = 120.0  # importing torch on a cold disk can take a while
 STDERR_LINES_KEPT = 40
+PING_AFTER_S = 5.0  # quiet this long while a request is pending: ask the worker whether it is still there
+SILENCE_TIMEOUT_S = 60.0  # no answer at all this long after that ping: the worker is hung; stop it
 
 
 class WorkerError(Exception):
@@ -44,6 +51,10 @@ class WorkerClient:
         self._stderr_thread: threading.Thread | None = None
         # request id -> (the worker process that got it, its events not yet polled)
         self._pending: dict[int, tuple[subprocess.Popen[str] | None, list[dict[str, Any]]]] = {}
+        self.ping_after = PING_AFTER_S
+        self.silence_timeout = SILENCE_TIMEOUT_S
+        self.last_heard = time.monotonic()  # when the worker last sent a line (any event)
+        self._ping_at: float | None = None  # when the unanswered ping went out
 
     # ---- process ----
     @property
@@ -67,6 +78,7 @@ class WorkerClient:
             )
         except OSError as err:
             raise WorkerError(f"cannot start the worker with {self.python} ({err})", "setup") from err
+        self.last_heard, self._ping_at = time.monotonic(), None
         threading.Thread(target=self._read_stdout, daemon=True).start()
         self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_thread.start()
@@ -109,6 +121,8 @@ class WorkerClient:
         proc = self.proc
         assert proc is not None and proc.stdout is not None
         for line in proc.stdout:
+            if proc is self.proc:
+                self.last_heard = time.monotonic()
             try:
                 event = json.loads(line)
             except ValueError:
@@ -207,7 +221,32 @@ class WorkerClient:
         if not self.alive and self.events.empty():
             self.forget(rid)
             raise self._died("during the job")
+        if latest is None:
+            self._check_silence(rid)
         return ("progress", latest) if latest else ("running", None)
+
+    def _check_silence(self, rid: int) -> None:
+        """Ping a quiet worker; stop one that answered nothing for silence_timeout after the ping."""
+        now = time.monotonic()
+        if now - self.last_heard < self.ping_after:
+            return
+        if self._ping_at is None or self._ping_at < self.last_heard:  # no ping outstanding since we last heard
+            self._ping_at = now
+            self._notify("ping")
+            return
+        if now - self._ping_at < self.silence_timeout:
+            return
+        self.forget(rid)
+        proc, self.proc, self.hello = self.proc, None, None
+        if proc is not None:
+            proc.kill()
+            try:
+                proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                pass
+        raise WorkerError(
+            f"the worker did not answer for {self.silence_timeout:g} s (no progress and no reply to a ping); it was "
+            f"stopped and the next request starts a new one (its last output: {self._last_stderr()})", "timeout")
 
     def forget(self, rid: int) -> None:
         """Stop keeping events of a request nobody will poll again (finished, failed or abandoned)."""

@@ -26,6 +26,19 @@ Requests (each has an "id" the answers repeat):
 The model stays loaded between requests (same checkpoint, device and mode); a request for another one reloads.
 Requests are read on a separate thread so a cancel arrives while a job runs; jobs run one at a time, in the order
 they came (a client may queue the next job while one runs).
+
+Limits: every request line is checked before anything runs, and a line that breaks a rule is answered by
+{"event": "error", "id": <its id, or null when the id itself is bad>, "kind": "input", "message": "..."}; the worker
+keeps serving. The rules:
+  - a line is at most MAX_LINE_BYTES (256 KiB) of UTF-8 ending in a newline, holding one JSON object nested at
+    most MAX_DEPTH (8) levels deep;
+  - "id" (and cancel's "target") is an integer (|id| < 2**63), a string of at most MAX_ID_CHARS (200) characters,
+    or null; "cmd" is one of COMMANDS;
+  - text fields ("audio", "out", "checkpoint", "device", "style") are strings of at most MAX_TEXT_CHARS (32,768)
+    characters without NUL; "mode" is "exact" or "fast"; "style_start" and "cores" are whole numbers >= 0
+    (at most 10**9 and 4096); "postprocess" is true or false; fields a command does not use are ignored.
+When its stdin closes (the add-on went away) the worker cancels the job in progress at its next window, drops the
+queued ones and exits; if the job has not stopped within EXIT_GRACE_S (5 s) the process exits anyway.
 """
 
 from __future__ import annotations
@@ -38,16 +51,147 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from . import __version__
 from .errors import FlameTalkError
 
 PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 256 * 1024  # one request line, newline excluded
+MAX_DEPTH = 8  # JSON nesting of a request ({"style": {"motion_npy": ...}} is 2)
+MAX_ID_CHARS = 200
+MAX_TEXT_CHARS = 32_768  # a path (Windows long paths are at most 32,767 characters)
+MAX_STYLE_START = 10**9
+MAX_SPARE_CORES = 4096
+EXIT_GRACE_S = 5.0  # after stdin closes: time a running job gets to notice the cancel before the process exits
+COMMANDS = ("generate", "load", "cancel", "spare_cores", "ping", "shutdown")
+MODES = ("exact", "fast")  # flametalk.precision.MODES (not imported here: that module imports torch)
 
 
 class Cancelled(Exception):
     pass
+
+
+class BadRequest(Exception):
+    """A request line that breaks the protocol's rules: answered by an error event of kind "input"."""
+
+    def __init__(self, message: str, rid: Any = None):
+        super().__init__(message)
+        self.rid = rid
+
+
+def _show(value: Any) -> str:
+    """A short description of a bad value for an error message (never the whole of a huge one)."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, [] is 1), without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:  # deeper ones are refused anyway: no need to walk further
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _valid_id(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**63) < value < 2**63
+    return isinstance(value, str) and len(value) <= MAX_ID_CHARS
+
+
+def _text(req: dict[str, Any], key: str, rid: Any, required: bool = False, default: str | None = None) -> str | None:
+    value = req.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"{req['cmd']} needs {key!r} (a string)", rid)
+        return default
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequest(f"{req['cmd']}: {key!r} must be a{' non-empty' if required else ''} string, "
+                         f"got {_show(value)}", rid)
+    if len(value) > MAX_TEXT_CHARS or "\x00" in value:
+        raise BadRequest(f"{req['cmd']}: {key!r} must be at most {MAX_TEXT_CHARS} characters without NUL", rid)
+    return value
+
+
+def _whole(req: dict[str, Any], key: str, rid: Any, default: int, top: int) -> int:
+    value = req.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+        raise BadRequest(f"{req['cmd']}: {key!r} must be a whole number >= 0 (at most {top}), got {_show(value)}",
+                         rid)
+    return value
+
+
+def parse_request(raw: bytes | str) -> dict[str, Any]:
+    """One request line -> the request with its fields checked and defaults filled in; raises BadRequest."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BadRequest(f"bad request line (not UTF-8 text: {err.reason} at byte {err.start})") from None
+    try:
+        req = json.loads(raw)
+    except RecursionError:
+        raise BadRequest(f"bad request line (JSON nested deeper than {MAX_DEPTH} levels)") from None
+    except ValueError as err:
+        raise BadRequest(f"bad request line ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(req, dict):
+        raise BadRequest(f"bad request line (not a JSON object but {_show(req)})")
+    if _depth(req) > MAX_DEPTH:
+        raise BadRequest(f"bad request line (JSON nested deeper than {MAX_DEPTH} levels)")
+    rid = req.get("id")
+    if not _valid_id(rid):
+        raise BadRequest(f"bad request: 'id' must be an integer, a string of at most {MAX_ID_CHARS} characters "
+                         f"or null, got {_show(rid)}")
+    cmd = req.get("cmd")
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
+        raise BadRequest(f"unknown command {_show(cmd)}; use one of {', '.join(COMMANDS)}", rid)
+    out: dict[str, Any] = {"id": rid, "cmd": cmd}
+    if cmd in ("generate", "load"):
+        out["checkpoint"] = _text(req, "checkpoint", rid)
+        out["device"] = _text(req, "device", rid, default="auto")
+        out["mode"] = _text(req, "mode", rid, default="exact")
+        if out["mode"] not in MODES:
+            raise BadRequest(f"{cmd}: 'mode' must be one of {', '.join(MODES)}, got {_show(out['mode'])}", rid)
+    if cmd == "generate":
+        out["audio"] = _text(req, "audio", rid, required=True)
+        out["out"] = _text(req, "out", rid, required=True)
+        style = req.get("style")
+        if isinstance(style, dict):
+            if set(style) != {"motion_npy"}:
+                raise BadRequest("generate: a 'style' object must be {\"motion_npy\": path}", rid)
+            style = style["motion_npy"]
+            out["style"] = _text({"cmd": cmd, "style": style}, "style", rid, required=True)
+        else:
+            out["style"] = _text(req, "style", rid)
+        out["style_start"] = _whole(req, "style_start", rid, 0, MAX_STYLE_START)
+        postprocess = req.get("postprocess", True)
+        if not isinstance(postprocess, bool):
+            raise BadRequest(f"generate: 'postprocess' must be true or false, got {_show(postprocess)}", rid)
+        out["postprocess"] = postprocess
+    elif cmd == "cancel":
+        target = req.get("target")
+        if not _valid_id(target):
+            raise BadRequest(f"cancel: 'target' must be a request id (an integer, a string or null), got "
+                             f"{_show(target)}", rid)
+        out["target"] = target
+    elif cmd == "spare_cores":
+        cores = req.get("cores")
+        if isinstance(cores, bool) or not isinstance(cores, int) or not 0 <= cores <= MAX_SPARE_CORES:
+            raise BadRequest(f"spare_cores: 'cores' must be a whole number >= 0 (at most {MAX_SPARE_CORES}), "
+                             f"got {_show(cores)}", rid)
+        out["cores"] = cores
+    return out
 
 
 class Worker:
@@ -62,43 +206,73 @@ class Worker:
         self.condition_cache = None  # audio conditions of recent clips, for the loaded model only
         self.default_threads = 1  # torch's CPU threads at start-up (physical cores, or OMP_NUM_THREADS)
         self.spare_cores = 0  # threads left to the client (set by its spare_cores command)
+        self.shutting_down = False  # a shutdown request was read: later jobs are refused
+        self.stdin_closed = threading.Event()
 
     def send(self, **event: Any) -> None:
         with self.lock:
-            self.out.write(json.dumps(event) + "\n")
-            self.out.flush()
+            try:
+                self.out.write(json.dumps(event) + "\n")
+                self.out.flush()
+            except (OSError, ValueError):  # the client closed our stdout: it is gone, stdin closes next
+                pass
 
     # ---- reader thread: requests in, cancels applied at once ----
-    def read_requests(self, inp: TextIO) -> None:
-        for line in inp:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                req = json.loads(line)
-                if not isinstance(req, dict):
-                    raise ValueError("not an object")
-            except ValueError as err:
-                self.send(event="error", id=None, kind="input", message=f"bad request line ({err})")
-                continue
-            cmd = req.get("cmd")
-            if cmd == "cancel":
-                self.cancelled.add(req.get("target"))
-            elif cmd == "spare_cores":
-                self.set_spare_cores(req)
-            elif cmd == "ping":
-                self.send(event="pong", id=req.get("id"), loaded=self.model_key[0] if self.model_key else None)
-            else:
-                self.jobs.put(req)
-                if cmd == "shutdown":
-                    return
-        self.jobs.put(None)  # stdin closed: the add-on went away
+    def read_requests(self, inp: BinaryIO | TextIO) -> None:
+        """Read request lines until `inp` closes (binary: the worker's stdin; text streams work too). No line,
+        however malformed, stops this loop; at the end the job loop is told to stop."""
+        try:
+            while True:
+                raw = inp.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    break
+                newline = b"\n" if isinstance(raw, bytes) else "\n"
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(newline):
+                    while raw and not raw.endswith(newline):  # skip the rest of the line, a bounded block at a time
+                        raw = inp.readline(MAX_LINE_BYTES)
+                    self.send(event="error", id=None, kind="input",
+                              message=f"bad request line (longer than {MAX_LINE_BYTES} bytes)")
+                    continue
+                if not raw.strip():
+                    continue
+                try:
+                    self.handle_line(raw)
+                except BadRequest as err:
+                    self.send(event="error", id=err.rid, kind="input", message=str(err))
+                except Exception as err:  # a bug: say what, keep reading
+                    traceback.print_exc(file=sys.stderr)
+                    self.send(event="error", id=None, kind="internal", message=f"{type(err).__name__}: {err}")
+        except Exception:  # reading itself failed (a broken pipe): the same as a closed stdin
+            traceback.print_exc(file=sys.stderr)
+        finally:
+            self.close_input()
+
+    def handle_line(self, raw: bytes | str) -> None:
+        req = parse_request(raw)
+        cmd, rid = req["cmd"], req["id"]
+        if cmd == "cancel":
+            self.cancelled.add(req["target"])
+        elif cmd == "spare_cores":
+            self.spare_cores = req["cores"]
+        elif cmd == "ping":
+            self.send(event="pong", id=rid, loaded=self.model_key[0] if self.model_key else None)
+        elif self.shutting_down:
+            self.send(event="error", id=rid, kind="input", message="the worker is shutting down")
+        else:
+            self.jobs.put(req)
+            if cmd == "shutdown":
+                self.shutting_down = True
+
+    def close_input(self) -> None:
+        """stdin closed (the add-on went away): cancel the running job, drop the queued ones, stop the job loop."""
+        self.stdin_closed.set()
+        self.jobs.put(None)
 
     # ---- job loop (main thread) ----
     def serve(self) -> None:
         while True:
             req = self.jobs.get()
-            if req is None:
+            if req is None or self.stdin_closed.is_set():
                 return
             rid, cmd = req.get("id"), req.get("cmd")
             if cmd == "shutdown":
@@ -163,7 +337,7 @@ class Worker:
         model = self.ensure_model(req)
 
         def progress(done: int, total: int) -> None:  # before the first window and after each one
-            if rid in self.cancelled:
+            if rid in self.cancelled or self.stdin_closed.is_set():
                 raise Cancelled()
             # the client's spare_cores command may have changed since the last window
             self.send(event="progress", id=rid, done=done, total=total, stage="generate", threads=self.use_threads())
@@ -171,7 +345,7 @@ class Worker:
         motion = generate_motion(model, audio, style, progress=progress, cache=self.condition_cache)
         if req.get("postprocess", True):
             motion = postprocess_motion(motion)
-        if rid in self.cancelled:
+        if rid in self.cancelled or self.stdin_closed.is_set():
             raise Cancelled()
         provenance = {
             "checkpoint": self.checkpoint_info,
@@ -185,15 +359,6 @@ class Worker:
         self.send(event="result", id=rid, out=str(out), frames=int(motion.shape[0]),
                   seconds=round(time.perf_counter() - t0, 3), audio_cached=self.condition_cache.last_hit,
                   plan=model._plan.as_dict())
-
-    def set_spare_cores(self, req: dict[str, Any]) -> None:
-        """Reader thread: remember how many threads the client keeps; the job loop applies it between windows."""
-        cores = req.get("cores")
-        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 0:
-            self.send(event="error", id=req.get("id"), kind="input",
-                      message=f"spare_cores: 'cores' must be a whole number >= 0, got {cores!r}")
-            return
-        self.spare_cores = cores
 
     def use_threads(self) -> int:
         """Job loop: run on the start-up threads minus the client's spare cores (torch changes only if needed)."""
@@ -232,7 +397,14 @@ def main() -> int:
     worker.default_threads = torch.get_num_threads()
     worker.send(event="hello", protocol=PROTOCOL_VERSION, flametalk=__version__, torch=torch.__version__,
                 python=sys.executable, devices=available_devices(), pid=os.getpid(), threads=worker.default_threads)
-    reader = threading.Thread(target=worker.read_requests, args=(sys.stdin,), daemon=True)
+
+    def read_then_exit() -> None:
+        worker.read_requests(sys.stdin.buffer)
+        # stdin closed: the job loop stops at the running job's next window; if it is stuck, exit anyway
+        time.sleep(EXIT_GRACE_S)
+        os._exit(0)
+
+    reader = threading.Thread(target=read_then_exit, daemon=True)
     reader.start()
     worker.serve()
     return 0
