@@ -3,7 +3,12 @@
 Files are read in blocks and resampled with a streaming soxr resampler, so an hour-long recording needs only the
 memory of its 16 kHz output (about 230 MB per hour) plus one block, never the whole decoded file at its own rate.
 Channels are averaged (mean) into mono. Resampling uses soxr's high-quality (HQ) preset; nothing here is
-hand-written DSP. There is no length limit.
+hand-written DSP.
+
+Limits, checked from the file's header before anything is decoded or allocated: the sample rate must be
+MIN_RATE..MAX_RATE (1 kHz to 768 kHz) and the audio at most MAX_SECONDS (4 hours: about 920 MB at 16 kHz) long; a
+file whose header under-states its length is stopped at the same limit while it is read. A file with many channels
+is read in proportionally shorter blocks (at most about READ_BLOCK_FRAMES * 2 samples per block).
 """
 
 from __future__ import annotations
@@ -19,9 +24,14 @@ from .errors import FlameTalkError
 
 READ_BLOCK_FRAMES = 1 << 18  # source frames decoded per block (~5.5 s at 48 kHz; ~2 MB per channel as float32)
 RESAMPLE_QUALITY = "HQ"  # soxr preset: high quality, linear phase
+MIN_RATE = 1_000  # Hz; below it a header is broken (a 1-Hz WAV would ask for 16,000 output samples per input one)
+MAX_RATE = 768_000  # Hz; the highest rate audio interfaces record at
+MAX_SECONDS = 4 * 3600  # longest audio per file (the 16 kHz output of 4 h is 920 MB of float32)
+SPLIT_HINT = "split it into shorter parts (e.g. `ffmpeg -i INPUT -f segment -segment_time 3600 part%03d.wav`)"
 CONVERT_HINT = "convert it to WAV, FLAC, OGG or MP3 (e.g. `ffmpeg -i INPUT -ac 1 -ar 16000 out.wav`)"
 
-__all__ = ["READ_BLOCK_FRAMES", "RESAMPLE_QUALITY", "load_audio", "load_audio_array", "resampled_length"]
+__all__ = ["MAX_RATE", "MAX_SECONDS", "MIN_RATE", "READ_BLOCK_FRAMES", "RESAMPLE_QUALITY", "load_audio",
+           "load_audio_array", "resampled_length"]
 
 
 def resampled_length(n_frames: int, rate: float) -> int:
@@ -37,7 +47,28 @@ def _check_rate(rate: float, what: str) -> float:
     rate = float(rate)
     if not math.isfinite(rate) or rate <= 0:
         raise FlameTalkError(f"{what}: sample rate must be a positive number of Hz, got {rate}")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise FlameTalkError(
+            f"{what}: sample rate {rate:g} Hz is outside the supported {MIN_RATE:,}-{MAX_RATE:,} Hz (a damaged header "
+            "or an unusual recording); resample it (e.g. `ffmpeg -i INPUT -ar 16000 out.wav`)"
+        )
     return rate
+
+
+def _too_long(what: str, seconds: float) -> FlameTalkError:
+    return FlameTalkError(f"{what} is {seconds:,.0f} s ({seconds / 3600:.1f} h) long; FlameTalk takes at most "
+                          f"{MAX_SECONDS:,} s ({MAX_SECONDS / 3600:g} h) of audio per file: {SPLIT_HINT}")
+
+
+def _check_duration(n_frames: int, rate: float, what: str) -> None:
+    """Refuse audio over MAX_SECONDS from its frame count, before anything is allocated."""
+    if n_frames / rate > MAX_SECONDS:
+        raise _too_long(what, n_frames / rate)
+
+
+def _block_frames(channels: int) -> int:
+    """Frames per decoded block: READ_BLOCK_FRAMES for mono and stereo, fewer for many channels."""
+    return max(1024, min(READ_BLOCK_FRAMES, 2 * READ_BLOCK_FRAMES // max(1, channels)))
 
 
 def _int_scale(dtype: np.dtype) -> tuple[float, float]:
@@ -81,10 +112,12 @@ def _mono(frames: np.ndarray) -> np.ndarray:
 class _StreamResampler:
     """Feeds mono float32 blocks through soxr and writes the 16 kHz output into one preallocated buffer."""
 
-    def __init__(self, rate: float, n_frames_hint: int):
+    def __init__(self, rate: float, n_frames_hint: int, what: str = "audio"):
         import soxr
 
         self.rate = rate
+        self.what = what
+        self.max_samples = MAX_SECONDS * SAMPLE_RATE + SAMPLE_RATE  # the cap plus soxr's rounding and delay
         self._stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(
             rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
         )
@@ -93,6 +126,8 @@ class _StreamResampler:
 
     def _append(self, block: np.ndarray) -> None:
         need = self._n + block.shape[0]
+        if need > self.max_samples:  # the header under-stated the length (MP3/OGG): stop at the same limit
+            raise _too_long(self.what, need / SAMPLE_RATE)
         if need > self._out.shape[0]:  # the frame count in the header was low (happens with some MP3/OGG)
             grown = np.empty(max(need, int(self._out.shape[0] * 1.25) + 16), dtype=np.float32)
             grown[: self._n] = self._out[: self._n]
@@ -131,7 +166,8 @@ def load_audio_array(samples: np.ndarray, rate: float, channel_axis: int = -1) -
     frames = _as_float_frames(samples, channel_axis)
     if frames.shape[0] == 0:
         raise FlameTalkError(f"{what}: no samples were given (zero-length audio); pass a non-empty recording")
-    resampler = _StreamResampler(rate, frames.shape[0])
+    _check_duration(frames.shape[0], rate, what)
+    resampler = _StreamResampler(rate, frames.shape[0], what)
     n = frames.shape[0]
     for start in range(0, n, READ_BLOCK_FRAMES):
         stop = min(n, start + READ_BLOCK_FRAMES)
@@ -171,11 +207,13 @@ def load_audio(path: str | os.PathLike[str]) -> np.ndarray:
         rate = _check_rate(snd.samplerate, what)
         if snd.frames == 0:
             raise FlameTalkError(f"{what} contains no audio samples (zero length); use a recording with sound in it")
-        resampler = _StreamResampler(rate, max(int(snd.frames), 0))
+        _check_duration(int(snd.frames), rate, what)
+        resampler = _StreamResampler(rate, max(int(snd.frames), 0), what)
+        block_frames = _block_frames(int(snd.channels))
         try:
             pending: np.ndarray | None = None
             while True:
-                block = snd.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                block = snd.read(block_frames, dtype="float32", always_2d=True)
                 if block.shape[0] == 0:
                     break
                 # Keep one block back so the final one can be flagged `last` (flushes soxr's delay line).
