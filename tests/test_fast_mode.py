@@ -3,6 +3,8 @@ time-major feature extractor, bmm attention."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -134,10 +136,29 @@ def test_fbgemm_int8_linear_is_exact_on_representable_values():
 
 
 @needs_fbgemm
+def test_fbgemm_per_token_rows_keep_quiet_tokens_precise_and_the_bias():
+    """Row scaling around fbgemm's per-tensor GEMM: a loud token no longer costs the quiet ones their precision."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(256, 512).requires_grad_(False)
+    x = torch.randn(2, 40, 256)
+    x[0, 3] *= 30.0  # one loud token
+    expected = layer(x)
+    errors = {}
+    for per_token in (True, False):
+        got = FbgemmInt8Linear(layer, per_token=per_token)(x)
+        assert got.shape == (2, 40, 512) and got.dtype == torch.float32
+        errors[per_token] = float((got - expected)[1].norm() / expected[1].norm())
+    assert 0 < errors[True] < 0.02 < errors[False], errors
+    zeros = FbgemmInt8Linear(layer, per_token=True)(torch.zeros(3, 256))  # all-zero rows: exactly the bias
+    assert torch.equal(zeros, layer.bias.expand(3, -1))
+    assert "per-token" in repr(FbgemmInt8Linear(layer, per_token=True))
+
+
+@needs_fbgemm
 def test_fbgemm_without_reduced_range_can_saturate_and_with_it_does_not():
     """Why the AVX2 plan quantises activations to 7 bits: u8 x s8 pairs summed in 16 bits overflow at full range
     on CPUs without VNNI. With 7 bits the worst case is exact on every CPU."""
-    layer = torch.nn.Linear(256, 8, bias=False)
+    layer = torch.nn.Linear(256, 8, bias=False).requires_grad_(False)
     with torch.no_grad():
         layer.weight.fill_(127.0)
         layer.weight[1::2] *= -1
@@ -226,10 +247,12 @@ def test_bmm_encoder_attention_replaces_transformers_attention():
     torch.testing.assert_close(padded[1, :20], short[0], rtol=1e-5, atol=1e-6)
 
 
-def test_fast_mode_on_cpu_uses_bmm_attention_and_exact_mode_does_not():
+def test_plans_with_bmm_attention_use_it_and_exact_mode_does_not():
+    """bf16 plans (bmm attention) swap it in everywhere; fp32 plans and exact mode keep torch's kernel."""
     vector = load_vector(PARITY_VECTOR)
     exact = prepare_for_inference(apply_mode(model_from_vector(vector), "exact", plan=plans.choose("cpu", "exact")))
-    fast = apply_mode(model_from_vector(vector), "fast")
+    bmm_plan = replace(plans.cpu_plan("generic", "fast"), dtype="bfloat16", attention="bmm")
+    fast = apply_mode(model_from_vector(vector), "fast", plan=bmm_plan)
     frame_attention = [m for m in fast.basic_vae.modules() if hasattr(m, "attention_fn")]
     assert len(frame_attention) == 2 * fast.cfg.vae_depth
     assert all(m.attention_fn is bmm_attention for m in frame_attention)
@@ -237,6 +260,8 @@ def test_fast_mode_on_cpu_uses_bmm_attention_and_exact_mode_does_not():
     assert all(isinstance(layer.attention, BmmEncoderSelfAttention) for layer in fast.audio_encoder.encoder.layers)
     assert all(blk.attn.attention_fn is None for blk in exact.attn_blocks)
     assert not any(isinstance(m, BmmEncoderSelfAttention) for m in exact.modules())
+    sdpa = apply_mode(model_from_vector(vector), "fast", plan=replace(bmm_plan, attention="sdpa"))
+    assert not any(isinstance(m, BmmEncoderSelfAttention) for m in sdpa.modules())
     # exact mode's prepared model runs the time-major feature extractor too where the plan packs (fp32; parity
     # checked in test_parity and test_plan)
     assert isinstance(exact.audio_encoder.feature_extractor, TimeMajorFeatureExtractor) == exact._plan.pack

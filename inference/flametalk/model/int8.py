@@ -125,32 +125,44 @@ class FbgemmInt8Linear(nn.Module):
     """Inference-only replacement of nn.Linear through fbgemm's dynamic int8 GEMM; the output keeps the input's
     dtype. Weights: symmetric int8 per output channel, packed once. Activations: quantised per tensor inside the op
     (asymmetric, from their min and max), with 7 bits when `reduce_range` (CPUs without VNNI, see the module
-    docstring)."""
+    docstring).
 
-    def __init__(self, linear: nn.Linear, reduce_range: bool = True):
+    fbgemm has no per-token activation scales, so `per_token` makes them: every row is divided by its largest
+    magnitude before the GEMM (all rows then span about -1..1 and share the tensor's scale well) and the GEMM's
+    output rows are multiplied back, then the bias added: W (x / s) s + b = W x + b. Without it the AR blocks'
+    AdaLN-modulated tokens (rows of very different ranges) tripled the motion drift on the full-size model."""
+
+    def __init__(self, linear: nn.Linear, reduce_range: bool = True, per_token: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.reduce_range = reduce_range
+        self.reduce_range, self.per_token = reduce_range, per_token
         weight_q, scale = quantize_weight(linear.weight)
         zero = torch.zeros(self.out_features, dtype=torch.int64)
         with warnings.catch_warnings():  # torch marks quantised tensor creation deprecated; the kernel is current
             warnings.simplefilter("ignore", UserWarning)
             qweight = torch._make_per_channel_quantized_tensor(weight_q, scale.double(), zero, 0)
         bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
-        self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self.bias = bias if per_token else None  # per token: added after the rows are scaled back
+        self.packed = torch.ops.quantized.linear_prepack(qweight, None if per_token else bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.float32 or not x2.is_contiguous():
             x2 = x2.to(torch.float32, memory_format=torch.contiguous_format)
-        y = torch.ops.quantized.linear_dynamic(x2, self.packed, self.reduce_range)
+        if not self.per_token:
+            y = torch.ops.quantized.linear_dynamic(x2, self.packed, self.reduce_range)
+        else:
+            scale_M1 = x2.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12)
+            y = torch.ops.quantized.linear_dynamic(x2 / scale_M1, self.packed, self.reduce_range)
+            y = y.mul_(scale_M1) if self.bias is None else torch.addcmul(self.bias, y, scale_M1)
         return y.to(x.dtype).view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         bits = 7 if self.reduce_range else 8
+        grain = "per-token" if self.per_token else "per-tensor"
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm, {bits}-bit " \
-               "per-tensor activations)"
+               f"{grain} activations)"
 
 
 KINDS = ("onednn", "fbgemm")
@@ -164,7 +176,7 @@ def _swap(parent: nn.Module, name: str, per_token: bool, shared: SharedInput | N
     if kind == "onednn":
         setattr(parent, name, Int8Linear(child, per_token, shared, gelu))
     elif kind == "fbgemm":
-        setattr(parent, name, FbgemmInt8Linear(child))
+        setattr(parent, name, FbgemmInt8Linear(child, per_token=per_token))
     else:
         raise ValueError(f"unknown int8 kind {kind!r}; use one of {KINDS}")
     done_with(child.weight)
