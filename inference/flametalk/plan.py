@@ -59,7 +59,11 @@ class CpuFeatures:
 
     @property
     def x86(self) -> bool:
-        return self.machine.lower() in ("x86_64", "amd64", "i686", "x86")
+        return _is_x86(self.machine)
+
+
+def _is_x86(machine: str) -> bool:
+    return machine.lower() in ("x86_64", "amd64", "i686", "x86")
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ def detect() -> CpuFeatures:
     onednn = bool(torch.backends.mkldnn.is_available() and mkldnn_ops is not None
                   and hasattr(mkldnn_ops, "_reorder_linear_weight") and hasattr(mkldnn_ops, "_linear_pointwise"))
     engines = getattr(torch.backends.quantized, "supported_engines", [])
+    x86 = _is_x86(platform.machine())
+    avx512_bf16 = _call(torch.cpu, "_is_avx512_bf16_supported")
+    amx = _call(torch.cpu, "_is_amx_tile_supported")
     return CpuFeatures(
         machine=platform.machine(),
         model=_cpu_model(),
@@ -142,15 +149,13 @@ def detect() -> CpuFeatures:
         avx512=_call(torch.cpu, "_is_avx512_supported"),
         avx512_vnni=_call(torch.cpu, "_is_vnni_supported"),
         avx_vnni="avx_vnni" in flags,
-        avx512_bf16=_call(torch.cpu, "_is_avx512_bf16_supported"),
-        amx=_call(torch.cpu, "_is_amx_tile_supported"),
+        avx512_bf16=avx512_bf16,
+        amx=amx,
         onednn=onednn,
         fbgemm="fbgemm" in engines,
-        native_bf16=_call(mkldnn_ops, "_is_mkldnn_bf16_supported") and (
-            _call(torch.cpu, "_is_avx512_bf16_supported") or _call(torch.cpu, "_is_amx_tile_supported")
-            or not platform.machine().lower().startswith(("x86", "amd64", "i686"))),
-        native_fp16=_call(mkldnn_ops, "_is_mkldnn_fp16_supported")
-        and not platform.machine().lower().startswith(("x86", "amd64", "i686")),
+        # oneDNN also says "supported" where it emulates (x86 AVX-512 without BF16): native needs the instructions
+        native_bf16=_call(mkldnn_ops, "_is_mkldnn_bf16_supported") and (avx512_bf16 or amx or not x86),
+        native_fp16=_call(mkldnn_ops, "_is_mkldnn_fp16_supported") and not x86,
     )
 
 
