@@ -6,6 +6,9 @@ file costs no copy before the weights are used.
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,6 +23,8 @@ RELEASE_WEIGHTS_NAME = "ARTalk_wav2vec.pt"
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Present only when the encoder's config masks time steps during pre-training; never used at inference.
 OPTIONAL_KEYS = ("audio_encoder.masked_spec_embed",)
+# Attention masks: -inf marks blocked positions (the only weights where a non-finite value is right).
+MASK_KEYS = ("attn_bias_for_masking", "attn_mask")
 # torch/transformers version differences in the positional-convolution weight norm's parameter names.
 WEIGHT_NORM_SPELLINGS = {
     ".weight_g": ".parametrizations.weight.original0",
@@ -69,13 +74,20 @@ def checkpoint_provenance(path: str | Path) -> dict[str, str]:
     }
 
 
+def _torch_load(weights: Path, mmap: bool):
+    with warnings.catch_warnings():
+        # torch warns about pickle protocols other than 2 on a line of its own; the file is read (or refused) anyway
+        warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+        return torch.load(weights, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        obj = _torch_load(weights, mmap=True)
     except RuntimeError:
         # mmap needs the zip format; older single-blob files can still be read (still weights_only).
         try:
-            obj = torch.load(weights, map_location="cpu", weights_only=True)
+            obj = _torch_load(weights, mmap=False)
         except Exception as err:
             raise _unreadable(weights, err) from err
     except Exception as err:
@@ -87,11 +99,66 @@ def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _refusal_reason(text: str) -> str:
+    """What torch's safe unpickler objected to, without its advice (which includes turning the safety off)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    _, found, detail = text.partition("WeightsUnpickler error:")
+    detail = " ".join(detail.split()) if found else ""
+    detail = re.split(r"\s(?:Please|Check the documentation)\b", detail)[0].rstrip(". ")
+    return detail[:160] or "objects other than tensors"
+
+
 def _unreadable(weights: Path, err: Exception) -> FlameTalkError:
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "Unsupported operand 149" in text:  # FRAME: pickle protocol >= 4
+        return FlameTalkError(
+            f"cannot read checkpoint {weights}: it is a pickle of protocol 4 or newer, which the safe reader cannot "
+            "read (nothing in it was run); re-save the weights with torch.save's defaults: torch.save(state_dict, path)"
+        )
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
+        reason = _refusal_reason(text)
+        if "Unsupported global" in reason or "Unsupported class" in reason:
+            return FlameTalkError(
+                f"cannot read checkpoint {weights}: it holds more than plain weights ({reason}), so it was refused "
+                "and nothing in it was run; FlameTalk reads only tensors saved with torch.save: use the release's "
+                f"{RELEASE_WEIGHTS_NAME} or a state_dict from a source you trust"
+            )
+        return FlameTalkError(f"cannot read checkpoint {weights} (the safe reader stopped at: {reason}); the file is "
+                              "damaged or not a torch checkpoint: download it again")
     return FlameTalkError(
-        f"cannot read checkpoint {weights} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+        f"cannot read checkpoint {weights} ({type(err).__name__}: {text.splitlines()[0][:200] if text else ''}); "
         "the file is damaged or not a torch checkpoint: download it again"
     )
+
+
+def check_finite(state: dict[str, torch.Tensor], weights: Path, file_weights: filepages.FileWeights | None = None
+                 ) -> None:
+    """Refuse weights holding NaN or infinity (masks: NaN or +inf), naming the file: such a model only makes NaN.
+
+    One sum per tensor (~0.4 s for the 2 GB release on 2 cores); a tensor whose sum is not finite is then counted
+    exactly (a finite fp16 tensor may overflow its sum). Pages read here are handed back at once (filepages), so the
+    check does not raise the memory a conversion peaks at."""
+    bad: list[tuple[str, int]] = []
+    with filepages.releasing(file_weights):
+        for key, tensor in state.items():
+            if not tensor.is_floating_point() or not tensor.numel():
+                pass
+            elif key.endswith(MASK_KEYS):  # -inf blocks attention there; NaN or +inf never belongs
+                n = int((torch.isnan(tensor) | (tensor == float("inf"))).sum())
+                if n:
+                    bad.append((key, n))
+            elif not bool(torch.isfinite(tensor.sum())):
+                n = int((~torch.isfinite(tensor)).sum())
+                if n:
+                    bad.append((key, n))
+            filepages.done_with(tensor)
+    if bad:
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        key, n = bad[0]
+        raise FlameTalkError(
+            f"checkpoint {weights} is at fault: {n:,} NaN or infinite values in {key}{more}; the file is damaged "
+            "or comes from a training run that diverged: download it again or use another checkpoint"
+        )
 
 
 def normalize_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
@@ -145,6 +212,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     cfg = ARTalkConfig.from_json_file(config_path)
     state = read_state_dict(weights)
     file_weights = filepages.track(state, weights)  # lets conversions hand the file's pages back
+    check_finite(state, weights, file_weights)
     model = model_from_state_dict(cfg, state, device=device, dtype=dtype, source=str(weights))
     model._file_weights = file_weights if model.pos_embed.device.type == "cpu" else None
     return model
