@@ -6,7 +6,9 @@ Supported layouts (detected from the file's bytes, not its name):
 - FLAME 2023 `.pkl` files (same keys; accepted with a warning because ARTalk motion targets the 2020 expressions);
 - `FLAME_with_eye.pt` (GAGAvatar/ARTalk): a torch zip whose `flame_model` dict holds the same arrays as tensors;
 - an `.npz` with the same keys (handy for converted models).
-Every count (vertices, faces, shape/expression components, joints) comes from the file.
+Every count (vertices, faces, shape/expression components, joints) comes from the file, and is checked against
+the limits below *before* any array is allocated: arrays are read lazily (torch zips, .npz members) or come from
+declarations (sparse shapes), so a 2-KB file declaring a (10^8, 3) v_template fails at once with one line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .safepickle import UnsafePickleError, restricted_loads, to_array
+from .safepickle import LazyArray, UnsafePickleError, declared_shape, restricted_loads, to_array
 
 N_SHAPE = 300  # FLAME's identity components; shapedirs holds these first and the expression components after
 JOINT_NAMES = ("root", "neck", "jaw", "eye_L", "eye_R")  # FLAME's five joints, in file order
@@ -27,7 +29,15 @@ WARN_2023 = (
     "this is a FLAME 2023 model: ARTalk motion targets the FLAME 2020 expression basis, "
     "so expressions will not look as intended (use FLAME 2020 generic_model.pkl)"
 )
-_MAX_BYTES = 2_000_000_000  # far above FLAME's ~90 MB; refuses to read absurd files into memory
+# Limits derived from the FLAME format, checked against what a file declares before anything is allocated.
+# FLAME 2020/2023: 5,023 vertices, 9,976 faces, 300 identity + 100 expression components, 5 joints.
+FLAME_VERTS, FLAME_FACES = 5023, 9976
+MAX_VERTS = 50_000  # 10x FLAME (room for subdivided or extended heads)
+MAX_FACES = 100_000  # 10x FLAME
+MAX_COMPONENTS = 1_000  # shapedirs' last axis: 300 identity + up to 700 expression components (FLAME: 400)
+# The largest file those limits allow (float64 shapedirs, posedirs, weights, ...), plus room for extras such as
+# landmark embeddings; anything bigger is not a FLAME model and is not read into memory.
+_MAX_BYTES = MAX_VERTS * 3 * (MAX_COMPONENTS + 9 * (len(JOINT_NAMES) - 1) + 8) * 8 + MAX_FACES * 3 * 8 + (256 << 20)
 
 
 class FlameFileError(ValueError):
@@ -84,9 +94,11 @@ def _read_container(path: str, use_torch: bool | None) -> tuple[dict[str, Any], 
     name = os.path.basename(path)
     try:
         if head.startswith(b"PK"):
+            from .torchzip import check_zip_sizes
+
+            check_zip_sizes(path, _MAX_BYTES)  # a deflated zip could inflate far beyond its size on disk
             if _is_npz(path):
-                with np.load(path, allow_pickle=False) as npz:
-                    return {k: npz[k] for k in npz.files}, "npz"
+                return _read_npz(path), "npz"
             return _read_pt(path, use_torch), "pt"
         if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"c"):  # pickle protocol 2+ or protocol 0/1
             with open(path, "rb") as handle:
@@ -102,8 +114,10 @@ def _read_container(path: str, use_torch: bool | None) -> tuple[dict[str, Any], 
             f"{name} refers to {err.qualified_name}, which a FLAME model never contains: refused to load it "
             "(nothing in it was run)"
         ) from None
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError,
-            IndexError, AttributeError, OverflowError, MemoryError, UnicodeDecodeError, OSError) as err:
+    except MemoryError:
+        raise FlameFileError(_memory_message(name)) from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, OverflowError, UnicodeDecodeError, OSError, RecursionError, RuntimeError) as err:
         raise FlameFileError(f"{name} is damaged or not a FLAME model ({_short(err)})") from None
     raise FlameFileError(f"{name} is not a FLAME model (expected generic_model.pkl or FLAME_with_eye.pt)")
 
@@ -111,6 +125,46 @@ def _read_container(path: str, use_torch: bool | None) -> tuple[dict[str, Any], 
 def _short(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text[:160]
+
+
+def _memory_message(name: str) -> str:
+    return (f"{name} needs more memory than is available: not a FLAME model of a usable size (FLAME has "
+            f"{FLAME_VERTS:,} vertices; this reader accepts up to {MAX_VERTS:,})")
+
+
+class _NpzMember(LazyArray):
+    """One array of an .npz: its shape and dtype from the .npy header, its data read on `materialize()`."""
+
+    def __init__(self, path: str, key: str, shape: tuple[int, ...]):
+        self.path, self.key, self.shape = path, key, shape
+
+    def materialize(self) -> np.ndarray:
+        with np.load(self.path, allow_pickle=False) as npz:
+            return npz[self.key]
+
+
+def _npy_header(handle: Any) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return tuple(int(n) for n in shape), dtype
+
+
+def _read_npz(path: str) -> dict[str, Any]:
+    """{key: _NpzMember}: only the headers are read here."""
+    out: dict[str, Any] = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            with archive.open(name) as handle:
+                shape, dtype = _npy_header(handle)
+            if dtype.hasobject:
+                raise ValueError(f"'{name[:-4]}' holds Python objects")
+            out[name[:-4]] = _NpzMember(path, name[:-4], shape)
+    return out
 
 
 def _is_npz(path: str) -> bool:
@@ -145,20 +199,37 @@ def _pick_model_dict(raw: Any) -> dict[str, Any]:
     raise ValueError(f"top level is {type(raw).__name__}, not a dict")
 
 
+def _declared(model: dict[str, Any], key: str) -> tuple[int, ...]:
+    """The shape the file declares for `key` (nothing is read or allocated)."""
+    if key not in model:
+        raise FlameFileError(f"not a FLAME model: '{key}' is missing")
+    try:
+        return declared_shape(model[key])
+    except (ValueError, TypeError, KeyError) as err:
+        raise FlameFileError(f"not a usable FLAME model: '{key}' is unreadable ({_short(err)})") from None
+
+
 def _array(model: dict[str, Any], key: str) -> np.ndarray:
+    """The array for `key`; call only after its declared shape passed the checks."""
     if key not in model:
         raise FlameFileError(f"not a FLAME model: '{key}' is missing")
     try:
         return to_array(model[key])
-    except ValueError as err:
-        raise FlameFileError(f"not a usable FLAME model: '{key}' is unreadable ({err})") from None
+    except (ValueError, TypeError, KeyError, IndexError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise FlameFileError(f"not a usable FLAME model: '{key}' is unreadable ({_short(err)})") from None
 
 
-def _check_shape(arr: np.ndarray, key: str, expected: tuple[int | None, ...]) -> None:
-    ok = arr.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, arr.shape))
+def _check_shape(shape: tuple[int, ...], key: str, expected: tuple[int | None, ...]) -> None:
+    ok = len(shape) == len(expected) and all(e is None or e == s for e, s in zip(expected, shape))
     if not ok:
         want = "(" + ", ".join("N" if e is None else str(e) for e in expected) + ")"
-        raise FlameFileError(f"not a FLAME model: '{key}' has shape {tuple(arr.shape)}, expected {want}")
+        raise FlameFileError(f"not a FLAME model: '{key}' has shape {tuple(shape)}, expected {want}")
+
+
+def _check_count(count: int, key: str, what: str, flame: int, limit: int) -> None:
+    if count > limit:
+        raise FlameFileError(f"not a FLAME model: '{key}' declares {count:,} {what}; FLAME has {flame:,} and this "
+                             f"reader accepts up to {limit:,}")
 
 
 def _finite_float(arr: np.ndarray, key: str) -> np.ndarray:
@@ -181,35 +252,52 @@ def _detect_version(path: str, requested: str | None) -> str:
 
 
 def validate(model: dict[str, Any], version: str = "2020", source_format: str = "") -> FlameModel:
-    """FlameModel from a dict of arrays in FLAME's key naming; raises FlameFileError with the first problem."""
-    v_template = _finite_float(_array(model, "v_template"), "v_template")
-    _check_shape(v_template, "v_template", (None, 3))
-    n_verts = v_template.shape[0]
+    """FlameModel from a dict of arrays in FLAME's key naming; raises FlameFileError with the first problem.
+    Every array's declared shape is checked against the FLAME limits before it is read or converted."""
+    v_shape = _declared(model, "v_template")
+    _check_shape(v_shape, "v_template", (None, 3))
+    n_verts = v_shape[0]
+    _check_count(n_verts, "v_template", "vertices", FLAME_VERTS, MAX_VERTS)
     if n_verts < 4:
         raise FlameFileError(f"not a FLAME model: only {n_verts} vertices")
+    v_template = _finite_float(_array(model, "v_template"), "v_template")
+    f_shape = _declared(model, "f")
+    _check_shape(f_shape, "f", (None, 3))
+    _check_count(f_shape[0], "f", "faces", FLAME_FACES, MAX_FACES)
     faces = _array(model, "f")
-    _check_shape(faces, "f", (None, 3))
     if not np.issubdtype(faces.dtype, np.integer) or faces.size == 0:
         raise FlameFileError("not a FLAME model: 'f' must hold integer vertex indices")
     faces = faces.astype(np.int64)
     if faces.min() < 0 or faces.max() >= n_verts:
         raise FlameFileError("not a FLAME model: 'f' refers to vertices that do not exist")
+    s_shape = _declared(model, "shapedirs")
+    _check_shape(s_shape, "shapedirs", (n_verts, 3, None))
+    if s_shape[2] <= N_SHAPE:
+        raise FlameFileError(f"not a FLAME model: 'shapedirs' has {s_shape[2]} components, no expressions")
+    _check_count(s_shape[2], "shapedirs", "components", N_SHAPE + 100, MAX_COMPONENTS)
+    n_joints = len(JOINT_NAMES)
+    _check_shape(_declared(model, "J_regressor"), "J_regressor", (n_joints, n_verts))
+    p_shape = _declared(model, "posedirs")
+    n_pose = 9 * (n_joints - 1)
+    if len(p_shape) != 2 or p_shape != (3 * n_verts, n_pose):  # some converters flatten (V*3, P)
+        _check_shape(p_shape, "posedirs", (n_verts, 3, n_pose))
+    _check_shape(_declared(model, "weights"), "weights", (n_verts, n_joints))
+    _check_shape(_declared(model, "kintree_table"), "kintree_table", (2, n_joints))
+    # every declared shape is within FLAME's limits: now read and convert
     shapedirs = _finite_float(_array(model, "shapedirs"), "shapedirs")
-    _check_shape(shapedirs, "shapedirs", (n_verts, 3, None))
-    if shapedirs.shape[2] <= N_SHAPE:
-        raise FlameFileError(f"not a FLAME model: 'shapedirs' has {shapedirs.shape[2]} components, no expressions")
     j_regressor = _finite_float(_array(model, "J_regressor"), "J_regressor")
-    _check_shape(j_regressor, "J_regressor", (len(JOINT_NAMES), n_verts))
-    n_joints = j_regressor.shape[0]
-    posedirs = _finite_float(_array(model, "posedirs"), "posedirs")
-    if posedirs.ndim == 2 and posedirs.shape[0] == 3 * n_verts:
-        posedirs = posedirs.reshape(n_verts, 3, -1)  # some converters flatten (V*3, P)
-    _check_shape(posedirs, "posedirs", (n_verts, 3, 9 * (n_joints - 1)))
+    posedirs = _finite_float(_array(model, "posedirs"), "posedirs").reshape(n_verts, 3, n_pose)
     weights = _finite_float(_array(model, "weights"), "weights")
-    _check_shape(weights, "weights", (n_verts, n_joints))
     kintree = _array(model, "kintree_table")
-    _check_shape(kintree, "kintree_table", (2, n_joints))
-    parents = np.asarray(kintree[0], dtype=np.int64).copy()
+    for key, arr, want in (("shapedirs", shapedirs, s_shape), ("J_regressor", j_regressor, (n_joints, n_verts)),
+                           ("weights", weights, (n_verts, n_joints)), ("kintree_table", kintree, (2, n_joints))):
+        _check_shape(arr.shape, key, want)  # what was read matches what was declared
+    if not np.issubdtype(kintree.dtype, np.number):
+        raise FlameFileError("not a FLAME model: 'kintree_table' is not numeric")
+    parents = np.asarray(kintree[0], dtype=np.float64)
+    if not np.all(np.isfinite(parents)):
+        raise FlameFileError("not a FLAME model: 'kintree_table' is not a tree in joint order")
+    parents = parents.astype(np.int64)
     parents[0] = -1  # the file stores 2**32-1 (uint32 -1) for the root
     if any(not (0 <= parents[j] < j) for j in range(1, n_joints)):
         raise FlameFileError("not a FLAME model: 'kintree_table' is not a tree in joint order")
@@ -226,12 +314,18 @@ def validate(model: dict[str, Any], version: str = "2020", source_format: str = 
 def load_flame(path: str | os.PathLike[str], version: str | None = None, use_torch: bool | None = None) -> FlameModel:
     """Read and validate a FLAME model file. `use_torch`: None = use torch for .pt files when importable."""
     path = os.fspath(path)
-    raw, tag = _read_container(path, use_torch)
+    name = os.path.basename(path)
     try:
-        model = _pick_model_dict(raw)
-    except ValueError as err:
-        raise FlameFileError(f"{os.path.basename(path)} is not a FLAME model ({err})") from None
-    return validate(model, _detect_version(path, version), tag)
+        raw, tag = _read_container(path, use_torch)
+        try:
+            model = _pick_model_dict(raw)
+        except ValueError as err:
+            raise FlameFileError(f"{name} is not a FLAME model ({err})") from None
+        return validate(model, _detect_version(path, version), tag)
+    except MemoryError:  # within the limits yet too big for this machine: still one line, never a traceback
+        raise FlameFileError(_memory_message(name)) from None
+    except RecursionError:
+        raise FlameFileError(f"{name} is damaged or not a FLAME model (nested too deeply)") from None
 
 
 def load_shape_coefficients(path: str | os.PathLike[str], n_shape: int = N_SHAPE) -> np.ndarray:

@@ -13,6 +13,11 @@ callable, so we never resolve a global through an import. Only these names resol
 - whatever a caller adds through `extra` (the torch-free .pt reader adds its storage/tensor rebuilders).
 
 Any other global raises `UnsafePickleError` before anything is called.
+
+Nothing here allocates more than a file declares *after* checking the declaration: `declared_shape` reads the
+shape of any value (array, stand-in, lazy tensor, nested list) without building it, and `to_array` refuses more
+than `MAX_ELEMENTS` values before allocating, so a small file cannot ask for gigabytes (a sparse matrix declaring
+(5, 1e10), a list repeating one reference a million times).
 """
 
 from __future__ import annotations
@@ -25,6 +30,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+# The largest array a FLAME file holds is shapedirs, (V, 3, components): 5,023 x 3 x 400 in FLAME 2020. The reader
+# accepts up to 50,000 vertices and 1,000 components; nothing it reads may hold more values than that.
+MAX_ELEMENTS = 50_000 * 3 * 1_000
+_MAX_NESTING = 8  # nested lists deeper than any array a FLAME file holds
+
+
+class LazyArray:
+    """An array described by a file but not read yet (e.g. a tensor in a torch zip): `shape` is what the file
+    declares; `materialize()` allocates and reads it (callers check `shape` first)."""
+
+    shape: tuple[int, ...] = ()
+
+    def materialize(self) -> np.ndarray:
+        raise NotImplementedError
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -178,27 +198,34 @@ def _state_dict(obj: StandIn) -> dict[str, Any]:
     return state
 
 
-def _sparse_to_dense(obj: StandIn) -> np.ndarray:
-    state = _state_dict(obj)
-    shape = state.get("_shape", state.get("shape"))
-    if not (isinstance(shape, tuple) and len(shape) == 2):
+def _sparse_shape(obj: StandIn) -> tuple[int, int]:
+    shape = _state_dict(obj).get("_shape", _state_dict(obj).get("shape"))
+    if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(n, int | np.integer) for n in shape)):
         raise ValueError(f"{obj.qualified_name()} without a 2-d shape")
     rows, cols = int(shape[0]), int(shape[1])
-    data = np.asarray(state["data"], dtype=np.float64).ravel()
+    if rows < 0 or cols < 0:
+        raise ValueError(f"{obj.qualified_name()} with a negative shape")
+    return rows, cols
+
+
+def _sparse_to_dense(obj: StandIn) -> np.ndarray:
+    state = _state_dict(obj)
+    rows, cols = _sparse_shape(obj)
+    data = np.asarray(to_array(state["data"]), dtype=np.float64).ravel()
     fmt = obj.pickle_name[:3]
     if fmt == "coo":
         coords = state.get("coords")
         row_idx, col_idx = (coords[0], coords[1]) if coords is not None else (state["row"], state["col"])
     else:
-        indices = np.asarray(state["indices"], dtype=np.int64).ravel()
-        indptr = np.asarray(state["indptr"], dtype=np.int64).ravel()
+        indices = np.asarray(to_array(state["indices"]), dtype=np.int64).ravel()
+        indptr = np.asarray(to_array(state["indptr"]), dtype=np.int64).ravel()
         outer = cols if fmt == "csc" else rows
         if indptr.shape != (outer + 1,) or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
             raise ValueError(f"{obj.qualified_name()} with inconsistent index arrays")
         outer_idx = np.repeat(np.arange(outer), np.diff(indptr))
         row_idx, col_idx = (indices, outer_idx) if fmt == "csc" else (outer_idx, indices)
-    row_idx = np.asarray(row_idx, dtype=np.int64).ravel()
-    col_idx = np.asarray(col_idx, dtype=np.int64).ravel()
+    row_idx = np.asarray(to_array(row_idx), dtype=np.int64).ravel()
+    col_idx = np.asarray(to_array(col_idx), dtype=np.int64).ravel()
     if not (row_idx.size == col_idx.size == data.size):
         raise ValueError(f"{obj.qualified_name()} with inconsistent index arrays")
     if data.size and (row_idx.min() < 0 or row_idx.max() >= rows or col_idx.min() < 0 or col_idx.max() >= cols):
@@ -208,22 +235,101 @@ def _sparse_to_dense(obj: StandIn) -> np.ndarray:
     return dense
 
 
-def to_array(obj: Any) -> np.ndarray:
-    """numpy array from an ndarray, a chumpy stand-in (its `x`) or a scipy.sparse stand-in (densified)."""
+def _chumpy_value(obj: StandIn) -> Any:
+    state = _state_dict(obj)
+    if obj.pickle_name != "Ch" or "x" not in state:
+        # Derived chumpy expressions would need chumpy to evaluate; FLAME files store plain Ch arrays.
+        raise ValueError(f"unsupported chumpy object {obj.qualified_name()}")
+    return state["x"]
+
+
+def _unwrap(obj: Any) -> Any:
+    """Follow chumpy stand-ins to the value they hold (iteratively: a pickle may nest them deeply)."""
+    for _ in range(_MAX_NESTING):
+        if not (isinstance(obj, StandIn) and obj.pickle_module.startswith("chumpy")):
+            return obj
+        obj = _chumpy_value(obj)
+    raise ValueError("chumpy objects nested too deeply")
+
+
+def _is_sparse(obj: Any) -> bool:
+    return (isinstance(obj, StandIn) and obj.pickle_name in _SPARSE_NAMES
+            and obj.pickle_module.startswith("scipy.sparse"))
+
+
+def _sequence_shape(obj: list | tuple) -> tuple[int, ...]:
+    """numpy's shape for a nested list, read along the first elements (nothing is built)."""
+    shape: list[int] = []
+    item: Any = obj
+    while isinstance(item, list | tuple):
+        if len(shape) == _MAX_NESTING:
+            raise ValueError("lists nested too deeply for an array")
+        shape.append(len(item))
+        if not item:
+            break
+        item = item[0]
+    return tuple(shape)
+
+
+def _check_list_size(obj: list | tuple, budget: int) -> None:
+    """Raise ValueError when nested lists hold more than about `budget` values (at most ~2 x budget steps), before
+    numpy walks them: a list may repeat one reference to a long list a million times."""
+    limit = 2 * budget + _MAX_NESTING + 1
+    stack: list[Any] = [obj]
+    visited = 0
+    while stack:
+        item = stack.pop()
+        visited += 1
+        if isinstance(item, list | tuple):
+            if visited + len(stack) + len(item) > limit:
+                raise ValueError("nested lists hold more values than their shape says")
+            stack.extend(item)
+
+
+def declared_shape(obj: Any) -> tuple[int, ...]:
+    """The shape `to_array(obj)` would have, read from the file's declarations without allocating it."""
+    obj = _unwrap(obj)
+    if _is_sparse(obj):
+        return _sparse_shape(obj)
     if isinstance(obj, StandIn):
-        if obj.pickle_name in _SPARSE_NAMES and obj.pickle_module.startswith("scipy.sparse"):
-            return _sparse_to_dense(obj)
-        if obj.pickle_module.startswith("chumpy"):
-            state = _state_dict(obj)
-            if obj.pickle_name != "Ch" or "x" not in state:
-                # Derived chumpy expressions would need chumpy to evaluate; FLAME files store plain Ch arrays.
-                raise ValueError(f"unsupported chumpy object {obj.qualified_name()}")
-            return to_array(state["x"])
         raise ValueError(f"unsupported object {obj.qualified_name()}")
+    if isinstance(obj, LazyArray | np.ndarray):
+        return tuple(int(n) for n in obj.shape)
+    if isinstance(obj, list | tuple):
+        return _sequence_shape(obj)
+    if isinstance(obj, int | float | np.generic):
+        return ()
+    raise ValueError(f"{type(obj).__name__} where an array was expected")
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    total = 1
+    for n in shape:
+        total *= int(n)  # Python ints: no overflow for absurd declarations
+    return total
+
+
+def to_array(obj: Any, max_elements: int = MAX_ELEMENTS) -> np.ndarray:
+    """numpy array from an ndarray, a chumpy stand-in (its `x`), a scipy.sparse stand-in (densified) or a lazy
+    tensor (read now). Raises ValueError, before allocating, when it would hold more than `max_elements` values."""
+    shape = declared_shape(obj)
+    count = _elements(shape)
+    if count > max_elements:
+        dims = " x ".join(f"{n:,}" for n in shape)
+        raise ValueError(f"declares {dims} = {count:,} values, more than any FLAME array ({max_elements:,})")
+    obj = _unwrap(obj)
+    if _is_sparse(obj):
+        return _sparse_to_dense(obj)
+    if isinstance(obj, LazyArray):
+        return obj.materialize()
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise ValueError("object array where numbers were expected")
         return obj
-    if isinstance(obj, list | tuple | int | float | np.generic):
-        return np.asarray(obj)
-    raise ValueError(f"{type(obj).__name__} where an array was expected")
+    if isinstance(obj, list | tuple):
+        _check_list_size(obj, max(count, 1))
+        arr = np.asarray(obj)
+        if arr.dtype == object:
+            raise ValueError("object array where numbers were expected")
+        return arr
+    return np.asarray(obj)

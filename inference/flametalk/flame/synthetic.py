@@ -213,18 +213,52 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> str:
     return path
 
 
-def write_pt(path: str, arrays: dict[str, np.ndarray]) -> str:
-    """FLAME_with_eye.pt layout (GAGAvatar/ARTalk): needs torch to write."""
+def write_pt(path: str, arrays: dict[str, np.ndarray], faces_dtype: str = "int64",
+             expanded: dict[str, tuple[int, ...]] | None = None) -> str:
+    """FLAME_with_eye.pt layout (GAGAvatar/ARTalk): needs torch to write. `faces_dtype`: the tensor type of 'f'
+    (uint32 needs torch >= 2.3). `expanded`: {key: shape} replaced by `torch.zeros(1).expand(*shape)`, a tensor
+    of any declared size stored in 4 bytes (a hostile file: tiny on disk, huge once read naively)."""
     import torch
 
     model = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if k not in ("f", "J")}
-    model["f"] = torch.from_numpy(arrays["f"].astype(np.int64))
+    model["f"] = torch.from_numpy(arrays["f"].astype(np.int64)).to(getattr(torch, faces_dtype))
+    for key, shape in (expanded or {}).items():
+        model[key] = torch.zeros(1).expand(*shape)
     model["kintree_table"] = torch.from_numpy(arrays["kintree_table"].astype(np.int64))
     lmk = {"static_lmk_faces_idx": torch.arange(51), "static_lmk_bary_coords": torch.full((51, 3), 1 / 3),
            "full_lmk_bary_coords_with_eye": np.full((70, 3), 1 / 3, dtype=np.float32)}  # numpy beside tensors
     content = {"flame_model": model, "lmk_embeddings": lmk,
                "lmk_embeddings_mediapipe": {"lmk_face_idx": torch.arange(105)}}
     torch.save(content, path)
+    return path
+
+
+def write_pkl_sparse_shape(path: str, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> str:
+    """A FLAME 2023-style pickle whose J_regressor is a csr_matrix declaring `shape` (its few entries stay in
+    range): densifying it naively asks for rows x cols floats."""
+    dense = np.asarray(arrays["J_regressor"])
+    rows, cols = np.nonzero(dense)  # row-major: the order CSR stores
+    counts = np.bincount(rows, minlength=shape[0])
+    state = {"_shape": tuple(int(n) for n in shape), "maxprint": 50, "format": "csr",
+             "indices": cols.astype(np.int64), "indptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+             "data": dense[rows, cols].astype(np.float64)}
+    content: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items() if k != "J_regressor"}
+    content["J_regressor"] = _Obj("scipy.sparse._csr", "csr_matrix", state)
+    with open(path, "wb") as handle:
+        handle.write(_Emitter(py2=False).dumps(content))
+    return path
+
+
+def write_npz_declaring(path: str, arrays: dict[str, np.ndarray], key: str, shape: tuple[int, ...]) -> str:
+    """An .npz like write_npz whose `key` member is only a .npy header declaring `shape` (float64), no data."""
+    import io
+    import zipfile
+
+    write_npz(path, {k: v for k, v in arrays.items() if k != key})
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(f"{key}.npy", header.getvalue())  # magic + header, nothing after it
     return path
 
 

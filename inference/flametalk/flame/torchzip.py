@@ -3,8 +3,10 @@
 Blender's Python has no torch, yet users hold FLAME as `FLAME_with_eye.pt`. The zip holds `<prefix>/data.pkl` (a
 pickle whose tensors refer to storages by persistent id) and `<prefix>/data/<key>` (raw little-endian storage
 bytes). We unpickle data.pkl with the restricted unpickler, allowing only the tensor/storage rebuilders that such a
-file uses, and return nested dicts of numpy arrays. When torch is available `load_pt_with_torch` is used instead
-(weights_only=True with numpy's reconstructors allow-listed); both give the same arrays.
+file uses, and return nested dicts of `TensorRef`s: shapes as declared, data read only when asked for (after the
+reader checked the shape, so a tiny file declaring a (10^8, 3) tensor costs nothing). When torch is available
+`load_pt_with_torch` is used instead (weights_only=True with numpy's reconstructors allow-listed; tensors become
+numpy views); both give the same arrays.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .safepickle import restricted_loads
+from .safepickle import MAX_ELEMENTS, LazyArray, restricted_loads
 
 _MAX_MEMBER_BYTES = 1 << 30  # FLAME's largest array is ~50 MB; anything near 1 GB is not a FLAME file
 _BF16 = "bfloat16"  # numpy has no bfloat16; stored as uint16 and widened to float32 below
@@ -35,8 +37,9 @@ _TORCH_DTYPES: dict[str, Any] = {
     "float64": np.float64, "double": np.float64, "float32": np.float32, "float": np.float32,
     "float16": np.float16, "half": np.float16, "bfloat16": _BF16, "int64": np.int64, "long": np.int64,
     "int32": np.int32, "int": np.int32, "int16": np.int16, "short": np.int16, "int8": np.int8,
-    "uint8": np.uint8, "bool": np.bool_,
+    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64, "bool": np.bool_,
 }
+_UNTYPED = "untyped"  # torch >= 2.x names `torch.storage.UntypedStorage` for dtypes without a typed storage class
 
 
 class _StorageType:
@@ -53,9 +56,34 @@ class _TorchDtype:
         self.dtype = dtype
 
 
+def _raw_dtype(dtype: Any, big_endian: bool) -> np.dtype:
+    raw = np.dtype(np.uint16 if dtype is _BF16 else dtype)
+    return raw.newbyteorder(">" if big_endian else "<")
+
+
 class _Storage:
-    def __init__(self, values: np.ndarray):
-        self.values = values  # flat array of the storage's element type
+    """A storage record of the zip: its member, element type and size as declared; read only when a tensor that
+    passed the caller's shape checks is materialized. `dtype` is _UNTYPED for UntypedStorage (numel counts bytes)."""
+
+    def __init__(self, path: str, member: str, dtype: Any, numel: int, big_endian: bool, member_bytes: int):
+        self.path, self.member, self.dtype, self.numel = path, member, dtype, numel
+        self.big_endian, self.member_bytes = big_endian, member_bytes
+
+    def count(self, dtype: Any) -> int:
+        """Elements of `dtype` the storage holds."""
+        if self.dtype is _UNTYPED:
+            return self.numel // _raw_dtype(dtype, self.big_endian).itemsize
+        return self.numel
+
+    def read(self, dtype: Any) -> np.ndarray:
+        raw_dtype = _raw_dtype(dtype, self.big_endian)
+        count = self.count(dtype)
+        with zipfile.ZipFile(self.path) as archive:
+            raw = archive.read(self.member)
+        if len(raw) < count * raw_dtype.itemsize:
+            raise ValueError(f"torch checkpoint storage {self.member} is truncated")
+        values = np.frombuffer(raw, dtype=raw_dtype, count=count).astype(raw_dtype.newbyteorder("="))
+        return _widen(values, dtype)
 
 
 def _widen(values: np.ndarray, dtype: Any) -> np.ndarray:
@@ -64,27 +92,53 @@ def _widen(values: np.ndarray, dtype: Any) -> np.ndarray:
     return values
 
 
-def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *_rest: Any) -> np.ndarray:
+class TensorRef(LazyArray):
+    """A tensor of the checkpoint, declared but not read: `shape` costs nothing, `materialize()` reads it."""
+
+    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...], dtype: Any):
+        self.storage, self.offset, self.shape, self.stride, self.dtype = storage, offset, size, stride, dtype
+
+    def materialize(self) -> np.ndarray:
+        out_dtype = np.float32 if self.dtype is _BF16 else self.dtype
+        if 0 in self.shape:
+            return np.zeros(self.shape, dtype=out_dtype)
+        flat = self.storage.read(self.dtype)
+        item = flat.itemsize
+        view = np.lib.stride_tricks.as_strided(flat[self.offset:], self.shape,
+                                               tuple(s * item for s in self.stride), writeable=False)
+        return np.array(view)  # own the memory: the storage may be shared by several tensors
+
+
+def _rebuild(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any) -> TensorRef:
     if not isinstance(storage, _Storage):
         raise ValueError("tensor without storage")
+    if dtype is None:
+        dtype = storage.dtype
+    if dtype is _UNTYPED or dtype is None:
+        raise ValueError("tensor of unknown element type")
+    if not (isinstance(size, tuple | list) and isinstance(stride, tuple | list) and len(size) == len(stride) <= 8):
+        raise ValueError("tensor with invalid size/stride")
     size = tuple(int(s) for s in size)
     stride = tuple(int(s) for s in stride)
-    flat = storage.values
-    if len(size) != len(stride) or any(s < 0 for s in size) or any(s < 0 for s in stride):
+    offset = int(offset)
+    if any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
         raise ValueError("tensor with invalid size/stride")
-    if 0 in size:
-        return np.zeros(size, dtype=flat.dtype)
-    last = int(offset) + sum((n - 1) * s for n, s in zip(size, stride))
-    if offset < 0 or last >= flat.size:
-        raise ValueError("tensor view outside its storage")
-    item = flat.itemsize
-    view = np.lib.stride_tricks.as_strided(flat[offset:], size, tuple(s * item for s in stride), writeable=False)
-    return np.array(view)  # own the memory: the storage may be shared by several tensors
+    if 0 not in size:  # the view must lie inside the storage: pure arithmetic, nothing is read
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.count(dtype):
+            raise ValueError("tensor view outside its storage")
+    return TensorRef(storage, offset, size, stride, dtype)
+
+
+def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *_rest: Any) -> TensorRef:
+    return _rebuild(storage, offset, size, stride, None)
 
 
 def _rebuild_tensor_v3(storage: Any, offset: int, size: tuple, stride: tuple, requires_grad: Any,
-                       hooks: Any, dtype: Any, *_rest: Any) -> np.ndarray:
-    return _rebuild_tensor(storage, offset, size, stride)
+                       hooks: Any, dtype: Any, *_rest: Any) -> TensorRef:
+    if not isinstance(dtype, _TorchDtype):
+        raise ValueError("tensor of unknown element type")
+    return _rebuild(storage, offset, size, stride, dtype.dtype)
 
 
 def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
@@ -98,6 +152,8 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
         ("torch", "Size"): tuple,
+        ("torch.storage", "UntypedStorage"): _StorageType(_UNTYPED),
+        ("torch", "UntypedStorage"): _StorageType(_UNTYPED),
     }
     for name, dtype in _STORAGE_DTYPES.items():
         table[("torch", name)] = _StorageType(dtype)
@@ -106,8 +162,17 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
     return table
 
 
+def check_zip_sizes(path: str, limit: int) -> None:
+    """Refuse a zip whose members would inflate to more than `limit` bytes in all (read from its directory)."""
+    with zipfile.ZipFile(path) as archive:
+        total = sum(info.file_size for info in archive.infolist())
+    if total > limit:
+        raise ValueError(f"its contents would take {total / 1e9:.1f} GB, far more than a FLAME model")
+
+
 def load_pt_zip(path: str) -> Any:
-    """Nested dicts/lists of numpy arrays from a zip-format .pt file; raises ValueError/UnsafePickleError."""
+    """Nested dicts/lists of `TensorRef`s (read with `.materialize()` or safepickle.to_array) from a zip-format .pt
+    file; raises ValueError/UnsafePickleError. Only the pickle is read here, no tensor data."""
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pkl_names = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
@@ -124,19 +189,19 @@ def load_pt_zip(path: str) -> Any:
             dtype = storage_type.dtype if isinstance(storage_type, _StorageType | _TorchDtype) else None
             if dtype is None:
                 raise ValueError("storage of unknown type in torch checkpoint")
+            if numel < 0:
+                raise ValueError(f"torch checkpoint storage {key} has a negative size")
             if key not in cache:
                 member = f"{prefix}data/{key}"
                 if member not in names:
                     raise ValueError(f"torch checkpoint lacks storage {key}")
-                raw_dtype = np.dtype(np.uint16 if dtype is _BF16 else dtype)
-                raw_dtype = raw_dtype.newbyteorder(">" if big_endian else "<")
-                if archive.getinfo(member).file_size > _MAX_MEMBER_BYTES:  # refuse zip bombs before inflating
+                member_bytes = archive.getinfo(member).file_size
+                if member_bytes > _MAX_MEMBER_BYTES:  # refuse zip bombs before inflating
                     raise ValueError(f"torch checkpoint storage {key} is implausibly large")
-                raw = archive.read(member)
-                if len(raw) < numel * raw_dtype.itemsize:
+                item = 1 if dtype is _UNTYPED else _raw_dtype(dtype, big_endian).itemsize
+                if numel * item > member_bytes:
                     raise ValueError(f"torch checkpoint storage {key} is truncated")
-                values = np.frombuffer(raw, dtype=raw_dtype, count=numel).astype(raw_dtype.newbyteorder("="))
-                cache[key] = _Storage(_widen(values, dtype))
+                cache[key] = _Storage(path, member, dtype, numel, big_endian, member_bytes)
             return cache[key]
 
         if archive.getinfo(pkl_names[0]).file_size > _MAX_MEMBER_BYTES:
@@ -165,8 +230,12 @@ def _tensors_to_numpy(obj: Any, torch: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         tensor = obj.detach().cpu()
         if tensor.dtype == torch.bfloat16:
+            if tensor.numel() > MAX_ELEMENTS:  # widening would allocate: refuse absurd sizes first
+                raise ValueError(f"a tensor of {tensor.numel():,} values, more than any FLAME array")
             tensor = tensor.float()
-        return tensor.numpy().copy()
+        # No copy: an expanded tensor (stride 0) stays a view, so a declared (10^8, 3) costs nothing until the
+        # reader has checked its shape.
+        return tensor.numpy()
     if isinstance(obj, dict):
         return OrderedDict((k, _tensors_to_numpy(v, torch)) for k, v in obj.items())
     if isinstance(obj, list | tuple):
