@@ -36,7 +36,8 @@ keeps serving. The rules:
     or null; "cmd" is one of COMMANDS;
   - text fields ("audio", "out", "checkpoint", "device", "style") are strings of at most MAX_TEXT_CHARS (32,768)
     characters without NUL; "mode" is "exact" or "fast"; "style_start" and "cores" are whole numbers >= 0
-    (at most 10**9 and 4096); "postprocess" is true or false; fields a command does not use are ignored.
+    (at most 10**9 and 4096); "postprocess" is true or false; fields a command does not use are ignored;
+  - after a shutdown request, further jobs are answered "the worker is shutting down" (ping and cancel still work).
 When its stdin closes (the add-on went away) the worker cancels the job in progress at its next window, drops the
 queued ones and exits; if the job has not stopped within EXIT_GRACE_S (5 s) the process exits anyway.
 """
@@ -399,7 +400,7 @@ def main() -> int:
                 python=sys.executable, devices=available_devices(), pid=os.getpid(), threads=worker.default_threads)
 
     def read_then_exit() -> None:
-        worker.read_requests(sys.stdin.buffer)
+        worker.read_requests(getattr(sys.stdin, "buffer", sys.stdin))  # None (no stdin) reads as closed
         # stdin closed: the job loop stops at the running job's next window; if it is stuck, exit anyway
         time.sleep(EXIT_GRACE_S)
         os._exit(0)
