@@ -12,14 +12,23 @@ and skipped, the others still run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cli import CliError, PreparedTake, check_fps, prepare_take, start_generation, write_take
+from .cli import (
+    CliError,
+    PreparedTake,
+    check_fps,
+    check_writable_folder,
+    clean_leftovers,
+    prepare_take,
+    start_generation,
+    write_json_atomic,
+    write_take,
+)
 from .flame import load_flame
 
 REPORT_NAME = "batch_report.json"
@@ -85,6 +94,8 @@ def run_batch(args: argparse.Namespace) -> int:
     out_dir = os.path.abspath(args.out_dir)
     if not os.path.isdir(out_dir):
         raise CliError(f"--out-dir does not exist: {out_dir}")
+    check_writable_folder(out_dir, "--out-dir")  # before any line is generated
+    clean_leftovers(out_dir)  # temporaries of a killed run
     check_fps(args.fps)
     if args.spare_cores < 0:
         raise CliError(f"--spare-cores must be 0 or more, got {args.spare_cores}")
@@ -123,8 +134,7 @@ def run_batch(args: argparse.Namespace) -> int:
                 line.job.cancel()
                 line.job.close()
     report = [line.entry for line in lines]
-    with open(os.path.join(out_dir, REPORT_NAME), "w", encoding="utf-8") as fh:
-        json.dump({"lines": report, "failed": failed}, fh, indent=1)
+    write_json_atomic(os.path.join(out_dir, REPORT_NAME), {"lines": report, "failed": failed})
     print(f"flametalk: batch done: {len(report) - failed} of {len(report)} lines written to {out_dir}")
     return 1 if failed else 0
 

@@ -10,6 +10,11 @@ or keys an existing motion file (`--motion`, optionally with `--audio` for the s
 frame by frame against its own FLAME forward pass. Bad input: one line on stderr, exit status 2, nothing written;
 other failures (worker crash, Blender error): one line, exit status 1.
 
+Outputs: every output folder is checked for writability (a probe file) before any work. A take's files (.blend,
+.glb, .fbx) are written to temporaries in the same folder (`.NAME.flametalk-tmp-PID.EXT`) and renamed into place
+together once all are complete, so a failed, interrupted or disk-full run leaves the previous files untouched;
+leftovers of a killed run (its temporaries, Blender's `X.blend@`) are removed by the next run.
+
 The worker Python is `--worker-python`, else env FLAMETALK_WORKER_PYTHON / the managed runtime (as the add-on's
 preferences), else this Python (`sys.executable`: in a development checkout it has torch and flametalk).
 `animate` makes one take; `batch` (batch.py) makes one per audio file with one warm worker, the model computing
@@ -21,6 +26,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +98,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TMP_MARK = ".flametalk-tmp-"  # a take's files while being written: .NAME.flametalk-tmp-PID.EXT
+_OLD_MARK = ".flametalk-old-"  # the previous file, moved aside for the moment of the swap
+
+
+def check_writable_folder(folder: str, option: str) -> None:
+    """CliError unless a file can be created in `folder` (a probe: permission bits say nothing for root, a
+    read-only mount or a full quota)."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".flametalk-probe-", dir=folder)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise CliError(f"{option}: cannot write in {folder} ({reason}): choose a writable folder") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
 def _check_output(path: str | None, suffix: str, option: str) -> str | None:
     if path is None:
         return None
@@ -99,7 +122,149 @@ def _check_output(path: str | None, suffix: str, option: str) -> str | None:
         raise CliError(f"{option} must end with {suffix}: {path}")
     if not os.path.isdir(os.path.dirname(path)):
         raise CliError(f"{option}: folder does not exist: {os.path.dirname(path)}")
+    if os.path.isdir(path):
+        raise CliError(f"{option} is a folder: {path}")
+    check_writable_folder(os.path.dirname(path), option)
     return path
+
+
+def _side_path(final: str, mark: str, pid: int | None = None) -> str:
+    folder, name = os.path.split(final)
+    return os.path.join(folder, f".{name}{mark}{os.getpid() if pid is None else pid}{os.path.splitext(name)[1]}")
+
+
+def _pid_alive(pid: int, path: str) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers from an earlier line
+    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there: go by age instead
+        try:
+            return time.time() - os.path.getmtime(path) < 3600
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def clean_leftovers(folder: str, finals: Sequence[str] = ()) -> list[str]:
+    """Remove what a killed FlameTalk run left in `folder`: its temporaries (also Blender's `tmp@`) and, after a
+    swap cut short, the previous file moved aside (put back when its final name is empty). Files of a run still
+    alive are left alone. Also removes Blender's `X.blend@` of each of `finals` about to be written. Returns the
+    paths removed or restored."""
+    touched: list[str] = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return touched
+    for entry in entries:
+        for mark in (_TMP_MARK, _OLD_MARK):
+            at = entry.find(mark)
+            if not entry.startswith(".") or at < 0:
+                continue
+            digits = entry[at + len(mark):].split(".", 1)[0].rstrip("@")
+            if not digits.isdigit():
+                continue
+            path = os.path.join(folder, entry)
+            if _pid_alive(int(digits), path):
+                continue
+            final = os.path.join(folder, entry[1:at])
+            try:
+                if mark == _OLD_MARK and not entry.endswith("@") and not os.path.exists(final):
+                    os.replace(path, final)
+                else:
+                    os.unlink(path)
+                touched.append(path)
+            except OSError:
+                pass
+    for final in finals:
+        stale = final + "@"  # Blender writes X.blend@ and renames it: a kill in between leaves it behind
+        if final.lower().endswith(".blend") and os.path.isfile(stale):
+            try:
+                os.unlink(stale)
+                touched.append(stale)
+            except OSError:
+                pass
+    return touched
+
+
+class StagedOutputs:
+    """A take's output files written to temporaries in their own folders, renamed into place together by
+    `commit()`; on leaving the block without a commit (an error, an interrupt) the temporaries are removed and the
+    previous files stay as they were."""
+
+    def __init__(self, finals: Sequence[str]):
+        self.finals = [os.path.abspath(f) for f in finals]
+        self.temps = {final: _side_path(final, _TMP_MARK) for final in self.finals}
+        self.committed = False
+
+    def path(self, final: str) -> str:
+        return self.temps[os.path.abspath(final)]
+
+    def __enter__(self) -> StagedOutputs:
+        for folder in {os.path.dirname(f) for f in self.finals}:
+            clean_leftovers(folder, [f for f in self.finals if os.path.dirname(f) == folder])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        for temp in self.temps.values():
+            for path in (temp, temp + "@"):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def commit(self) -> None:
+        """Swap every final file for its temporary; if any step fails, the previous files are put back."""
+        missing = [t for t in self.temps.values() if not os.path.isfile(t)]
+        if missing:
+            raise RuntimeError(f"an output was not written: {missing[0]}")
+        moved: list[tuple[str, str]] = []  # (previous file moved aside, its final name)
+        placed: list[str] = []
+        try:
+            for final in self.finals:
+                if os.path.lexists(final):
+                    aside = _side_path(final, _OLD_MARK)
+                    os.replace(final, aside)
+                    moved.append((aside, final))
+            for final in self.finals:
+                os.replace(self.temps[final], final)
+                placed.append(final)
+        except BaseException:
+            for final in placed:
+                try:
+                    os.unlink(final)
+                except OSError:
+                    pass
+            for aside, final in moved:
+                try:
+                    os.replace(aside, final)
+                except OSError:
+                    pass
+            raise
+        for aside, _final in moved:
+            try:
+                os.unlink(aside)
+            except OSError:
+                pass
+        self.committed = True
+
+
+def write_json_atomic(path: str, data: object) -> None:
+    """`data` as JSON at `path` through a temporary in the same folder (never a half-written file)."""
+    import json
+
+    staged = StagedOutputs([path])
+    with staged:
+        with open(staged.path(path), "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1)
+        staged.commit()
 
 
 def check_fps(fps: float) -> None:
@@ -246,11 +411,15 @@ def write_take(prep: PreparedTake, job: Any = None, busy: Callable[[bool], None]
     scene.frame_set(scene.frame_start)
     for warning in flame_rig.warnings + result.warnings:
         print(f"flametalk: warning: {warning}", file=sys.stderr)
-    bpy.ops.wm.save_as_mainfile(filepath=prep.out, check_existing=False)
-    if prep.glb:
-        export.export_gltf(flame_rig, prep.glb, take.name)
-    if prep.fbx:
-        export.export_fbx(flame_rig, prep.fbx, take.name)
+    # Every file to a temporary beside it, then all renamed into place together: a failure or an interrupt
+    # leaves the previous take's files, never a truncated or mismatched set.
+    with StagedOutputs([p for p in (prep.out, prep.glb, prep.fbx) if p]) as staged:
+        bpy.ops.wm.save_as_mainfile(filepath=staged.path(prep.out), check_existing=False, copy=True)
+        if prep.glb:
+            export.export_gltf(flame_rig, staged.path(prep.glb), take.name, atomic=False)
+        if prep.fbx:
+            export.export_fbx(flame_rig, staged.path(prep.fbx), take.name, atomic=False)
+        staged.commit()
     first, last = take.frame_range
     print(f"flametalk: wrote {prep.out} (take {take.name}: {len(result.motion)} frames at 25 fps -> scene frames "
           f"{first:g}..{last:g}, {take.n_keys} keys)")
@@ -289,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as err:  # bpy operators report their failures this way (e.g. an export)
         message = " ".join(str(err).split())
         print(f"flametalk: error: Blender failed: {message}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("flametalk: error: out of memory (nothing was written)", file=sys.stderr)
         return 1
 
 

@@ -94,21 +94,38 @@ def take_for_export(rig: FlameRig, take: str | None = None, fit_range: bool = Fa
         scene.frame_set(saved_range[2])
 
 
-def export_gltf(rig: FlameRig, filepath: str, take: str | None = None) -> None:
-    """.glb (binary) or .gltf (+ .bin): ACTIVE_ACTIONS gives one clip with bone channels + morph weights."""
+@contextmanager
+def _written_atomically(filepath: str, atomic: bool) -> Iterator[str]:
+    """The path the exporter should write: a temporary beside `filepath`, renamed over it once the export
+    finished (an existing file is never truncated by a failed or interrupted export); `filepath` itself when
+    `atomic` is False (the caller stages the file)."""
+    if not atomic:
+        yield filepath
+        return
+    from .cli import StagedOutputs
+
+    with StagedOutputs([filepath]) as staged:
+        yield staged.path(filepath)
+        staged.commit()
+
+
+def export_gltf(rig: FlameRig, filepath: str, take: str | None = None, atomic: bool = True) -> None:
+    """.glb (binary) or .gltf (+ .bin): ACTIVE_ACTIONS gives one clip with bone channels + morph weights.
+    A .glb is written atomically (a .gltf names its .bin after itself, so it is written in place)."""
     file_format = "GLTF_SEPARATE" if filepath.lower().endswith(".gltf") else "GLB"
-    with take_for_export(rig, take):
+    with take_for_export(rig, take), _written_atomically(filepath, atomic and file_format == "GLB") as target:
         bpy.ops.export_scene.gltf(
-            filepath=filepath, export_format=file_format, use_selection=True, export_animations=True,
+            filepath=target, export_format=file_format, use_selection=True, export_animations=True,
             export_animation_mode="ACTIVE_ACTIONS", export_morph=True, export_morph_animation=True,
             export_morph_normal=False, export_try_sparse_sk=False, export_skins=True, export_apply=False)
 
 
-def export_fbx(rig: FlameRig, filepath: str, take: str | None = None) -> None:
-    """FBX with one baked take (the scene range is set to the take's), no leaf bones, no curve simplification."""
-    with take_for_export(rig, take, fit_range=True):
+def export_fbx(rig: FlameRig, filepath: str, take: str | None = None, atomic: bool = True) -> None:
+    """FBX with one baked take (the scene range is set to the take's), no leaf bones, no curve simplification;
+    written to a temporary and renamed into place."""
+    with take_for_export(rig, take, fit_range=True), _written_atomically(filepath, atomic) as target:
         bpy.ops.export_scene.fbx(
-            filepath=filepath, use_selection=True, object_types={"ARMATURE", "MESH"}, add_leaf_bones=False,
+            filepath=target, use_selection=True, object_types={"ARMATURE", "MESH"}, add_leaf_bones=False,
             bake_anim=True, bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False,
             bake_anim_use_all_bones=True, bake_anim_force_startend_keying=True, bake_anim_step=1.0,
             bake_anim_simplify_factor=0.0, use_armature_deform_only=False, apply_scale_options="FBX_SCALE_NONE")
