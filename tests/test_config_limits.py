@@ -102,6 +102,23 @@ def test_a_bad_config_file_names_the_file_and_key(tmp_path):
         ARTalkConfig.from_json_file(path)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("hidden_act", "bogus", "(hidden_act 'bogus' is not an activation transformers knows)"),
+    ("feat_extract_norm", "bogus", "(feat_extract_norm 'bogus' must be 'group' or 'layer')"),
+    ("do_stable_layer_norm", "yes", "Field 'do_stable_layer_norm' expected bool"),
+    ("num_feat_extract_layers", 99, "Configuration for convolutional layers is incorrect"),
+])
+def test_encoder_fields_transformers_checks_are_one_line(key, value, message):
+    from flametalk.checkpoint import build_model
+    from flametalk.config import XLSR_300M_CONFIG
+
+    cfg = ARTalkConfig.from_release_dict({**RELEASE, "AUDIO_ENCODER_CONFIG": {**XLSR_300M_CONFIG, key: value}})
+    with pytest.raises(FlameTalkError) as info:
+        build_model(cfg, "meta")
+    assert str(info.value).startswith("config.json's AUDIO_ENCODER_CONFIG is not a valid wav2vec config (")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 # ---- weights ----
 
 def vector_checkpoint(parity_vector, folder: Path, damage=None) -> Path:

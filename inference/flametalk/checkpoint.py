@@ -194,8 +194,34 @@ def check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], 
         )
 
 
+def check_audio_encoder_config(cfg: ARTalkConfig) -> None:
+    """Let transformers check AUDIO_ENCODER_CONFIG's fields (types, conv layers, norms, activations) up front, so a
+    bad value is one line naming the config instead of an exception from deep inside the model's construction."""
+    from transformers.activations import ACT2FN
+
+    if cfg.audio_encoder == "hubert":
+        from transformers import HubertConfig as EncoderConfig
+    else:
+        from transformers import Wav2Vec2Config as EncoderConfig
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enc = EncoderConfig(**cfg.audio_encoder_config)
+        for key in ("hidden_act", "feat_extract_activation"):
+            value = getattr(enc, key, "gelu")
+            if not isinstance(value, str) or value not in ACT2FN:
+                raise ValueError(f"{key} {value!r} is not an activation transformers knows")
+        if getattr(enc, "feat_extract_norm", "group") not in ("group", "layer"):
+            raise ValueError(f"feat_extract_norm {enc.feat_extract_norm!r} must be 'group' or 'layer'")
+    except Exception as err:  # transformers' own validation errors have no common base beyond Exception
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise FlameTalkError(f"config.json's AUDIO_ENCODER_CONFIG is not a valid {cfg.audio_encoder} config "
+                             f"({reason}); use the config.json that came with the weights") from err
+
+
 def build_model(cfg: ARTalkConfig, device: str | torch.device = "meta") -> ARTalkModel:
     """The architecture without weights (meta: instant, no memory) or randomly initialised on a real device."""
+    check_audio_encoder_config(cfg)
     with torch.device(device):
         model = ARTalkModel(cfg)
     return model.eval()
