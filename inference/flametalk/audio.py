@@ -129,7 +129,7 @@ class _StreamResampler:
         if need > self.max_samples:  # the header under-stated the length (MP3/OGG): stop at the same limit
             raise _too_long(self.what, need / SAMPLE_RATE)
         if need > self._out.shape[0]:  # the frame count in the header was low (happens with some MP3/OGG)
-            grown = np.empty(max(need, int(self._out.shape[0] * 1.25) + 16), dtype=np.float32)
+            grown = np.empty(min(self.max_samples, max(need, int(self._out.shape[0] * 1.25) + 16)), dtype=np.float32)
             grown[: self._n] = self._out[: self._n]
             self._out = grown
         self._out[self._n : need] = block
