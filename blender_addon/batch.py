@@ -6,7 +6,8 @@ the other, each side waits for the other; here line N+1 is submitted to the work
 line N, so the model computes while Blender writes; meanwhile the worker leaves `--spare-cores` CPU threads to
 Blender, and takes them all again while Blender waits for it (the worker's spare_cores command, applied between
 4-s windows). Lines are still written, reported and numbered in order; a line that fails is reported in one line
-and skipped, the others still run.
+and skipped, the others still run. Ctrl-C (SIGINT) or SIGTERM stops the batch after discarding the line in
+progress: batch_report.json lists the finished lines (and `not_written`), the worker is stopped, exit status 130.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cli import (
+    EXIT_INTERRUPTED,
     CliError,
+    Interrupted,
     PreparedTake,
     check_fps,
+    check_interrupt,
     check_writable_folder,
     clean_leftovers,
+    hold_interrupts,
+    interrupted,
     prepare_take,
     start_generation,
     write_json_atomic,
@@ -106,35 +112,54 @@ def run_batch(args: argparse.Namespace) -> int:
     lines = [_Line(a, s, _line_args(args, a, s, out_dir)) for a, s in zip(args.audio_files, stems, strict=True)]
     failed = 0
     started = time.perf_counter()
+    stopped = False
     try:
         for i, line in enumerate(lines):
+            check_interrupt()  # a signal during the line before (e.g. during its final swap) stops here
             if not line.submitted:  # the first line, or every line with --no-overlap
                 _submit(line, flame)
             if i + 1 < len(lines) and not args.no_overlap:  # the worker starts it once this line's motion is done
                 _submit(lines[i + 1], flame)
             entry = line.entry
-            entry.update(audio=os.path.abspath(line.audio), blend=line.args.out)
             try:
-                entry.update(_write(line, 0 if args.no_overlap else args.spare_cores), status="ok")
+                result = _write(line, 0 if args.no_overlap else args.spare_cores)
+                entry.update(audio=os.path.abspath(line.audio), blend=line.args.out, **result, status="ok")
             except Exception as err:  # one line per failed dialogue line; the batch goes on
+                check_interrupt()  # ...unless the signal caused it: then the line is not finished, not failed
                 failed += 1
-                entry.update(status="failed", error=" ".join(str(err).split()))
+                entry.update(audio=os.path.abspath(line.audio), blend=line.args.out, status="failed",
+                             error=" ".join(str(err).split()))
                 print(f"flametalk: error: {line.stem}: {entry['error']}", file=sys.stderr)
             finally:
                 if line.job is not None:
+                    if interrupted():
+                        line.job.cancel()
                     line.job.close()
                     line.job = None
             # wall time this line added to the batch (its motion was mostly computed during the line before)
             now = time.perf_counter()
             entry["seconds"] = round(now - started, 3)
             started = now
+    except Interrupted:  # the line in progress left nothing (its temporaries are gone); report the finished ones
+        stopped = True
     finally:
-        for line in lines:  # interrupted: cancel what was submitted ahead and remove its files
-            if line.job is not None:
-                line.job.cancel()
-                line.job.close()
-    report = [line.entry for line in lines]
-    write_json_atomic(os.path.join(out_dir, REPORT_NAME), {"lines": report, "failed": failed})
-    print(f"flametalk: batch done: {len(report) - failed} of {len(report)} lines written to {out_dir}")
+        with hold_interrupts():  # a second signal exits at once; the first no longer interrupts the cleanup
+            for line in lines:  # cancel what was submitted ahead and remove its files
+                if line.job is not None:
+                    line.job.cancel()
+                    line.job.close()
+    with hold_interrupts():
+        report = [line.entry for line in lines if line.entry.get("status")]
+        summary: dict[str, object] = {"lines": report, "failed": failed}
+        if stopped or interrupted():
+            summary["interrupted"] = True
+            summary["not_written"] = [os.path.abspath(line.audio) for line in lines if not line.entry.get("status")]
+        write_json_atomic(os.path.join(out_dir, REPORT_NAME), summary)
+    done = len(report) - failed
+    if stopped or interrupted():
+        print(f"flametalk: interrupted: {done} of {len(lines)} lines written to {out_dir} ({REPORT_NAME} lists "
+              f"them); the line in progress was discarded", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"flametalk: batch done: {done} of {len(report)} lines written to {out_dir}")
     return 1 if failed else 0
 

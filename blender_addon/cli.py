@@ -15,6 +15,11 @@ Outputs: every output folder is checked for writability (a probe file) before an
 together once all are complete, so a failed, interrupted or disk-full run leaves the previous files untouched;
 leftovers of a killed run (its temporaries, Blender's `X.blend@`) are removed by the next run.
 
+Interrupts: SIGINT (Ctrl-C) or SIGTERM stops `animate`/`batch` after cleaning up the take in progress (its
+temporaries removed, the previous files kept); `batch` still writes batch_report.json for the lines finished; the
+worker is stopped and the exit status is 130. A second signal exits at once. While Blender saves or exports, the
+signal is held until the operator returns (raised inside one, Blender would turn it into an operator error).
+
 The worker Python is `--worker-python`, else env FLAMETALK_WORKER_PYTHON / the managed runtime (as the add-on's
 preferences), else this Python (`sys.executable`: in a development checkout it has torch and flametalk).
 `animate` makes one take; `batch` (batch.py) makes one per audio file with one warm worker, the model computing
@@ -25,20 +30,83 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from .flame import FlameFileError, load_flame, load_shape_coefficients
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
 
 class CliError(Exception):
     """A user mistake found by the CLI itself (paths, options)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived: stop after cleaning up the take in progress."""
+
+
+class _InterruptState:
+    signal: int | None = None  # the first signal received, None while running normally
+    held = 0  # > 0 while Blender saves/exports: the signal is only recorded, raised afterwards
+
+
+def interrupted() -> bool:
+    return _InterruptState.signal is not None
+
+
+def check_interrupt() -> None:
+    """Raise Interrupted if a signal arrived meanwhile (e.g. during an operator, where it was held)."""
+    if _InterruptState.signal is not None:
+        raise Interrupted(signal.Signals(_InterruptState.signal).name)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    if _InterruptState.signal is not None:  # the second one: no more cleaning up
+        try:
+            os.write(2, b"flametalk: interrupted again: exiting now\n")
+        except OSError:
+            pass
+        os._exit(EXIT_INTERRUPTED)
+    _InterruptState.signal = signum
+    if _InterruptState.held == 0:
+        raise Interrupted(signal.Signals(signum).name)
+
+
+@contextmanager
+def handle_interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted (once; a second one exits at once) inside the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _InterruptState.signal, _InterruptState.held = None, 0
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def hold_interrupts() -> Iterator[None]:
+    """While Blender saves or exports, only record a signal (raised inside an operator, Blender would report it
+    as the operator's error and go on); the caller calls check_interrupt() afterwards."""
+    _InterruptState.held += 1
+    try:
+        yield
+    finally:
+        _InterruptState.held -= 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -317,10 +385,21 @@ def animate(args: argparse.Namespace) -> int:
     job = start_generation(prep)  # the worker computes while the head is being built
     try:
         write_take(prep, job)
+    except Exception:
+        check_interrupt()  # e.g. the worker request failing because of the signal
+        raise
     finally:
         if job is not None:
+            if interrupted():
+                job.cancel()
             job.close()
     return 0
+
+
+def _stop_workers() -> None:
+    from . import worker_client
+
+    worker_client.stop_all()
 
 
 @dataclass
@@ -413,12 +492,21 @@ def write_take(prep: PreparedTake, job: Any = None, busy: Callable[[bool], None]
         print(f"flametalk: warning: {warning}", file=sys.stderr)
     # Every file to a temporary beside it, then all renamed into place together: a failure or an interrupt
     # leaves the previous take's files, never a truncated or mismatched set.
-    with StagedOutputs([p for p in (prep.out, prep.glb, prep.fbx) if p]) as staged:
-        bpy.ops.wm.save_as_mainfile(filepath=staged.path(prep.out), check_existing=False, copy=True)
-        if prep.glb:
-            export.export_gltf(flame_rig, staged.path(prep.glb), take.name, atomic=False)
-        if prep.fbx:
-            export.export_fbx(flame_rig, staged.path(prep.fbx), take.name, atomic=False)
+    # A signal during the save or an export is held until the operator returns, then stops the take here: its
+    # temporaries are removed. One arriving during the swap lets the swap finish (the take is complete).
+    with hold_interrupts(), StagedOutputs([p for p in (prep.out, prep.glb, prep.fbx) if p]) as staged:
+        try:
+            bpy.ops.wm.save_as_mainfile(filepath=staged.path(prep.out), check_existing=False, copy=True)
+            check_interrupt()
+            if prep.glb:
+                export.export_gltf(flame_rig, staged.path(prep.glb), take.name, atomic=False)
+                check_interrupt()
+            if prep.fbx:
+                export.export_fbx(flame_rig, staged.path(prep.fbx), take.name, atomic=False)
+                check_interrupt()
+        except Exception:
+            check_interrupt()  # an operator error caused by the signal is the interrupt, not a failure
+            raise
         staged.commit()
     first, last = take.frame_range
     print(f"flametalk: wrote {prep.out} (take {take.name}: {len(result.motion)} frames at 25 fps -> scene frames "
@@ -444,9 +532,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         class GenerateError(Exception):  # type: ignore[no-redef]
             kind = "input"
 
+    with handle_interrupts():
+        try:
+            code = _run(argv, GenerateError)
+        except Interrupted:
+            code = EXIT_INTERRUPTED
+            print("flametalk: interrupted: the take in progress was discarded, finished files are kept",
+                  file=sys.stderr)
+        if interrupted():  # also when a signal came during the final swap: the worker goes, the status says so
+            code = EXIT_INTERRUPTED
+            with hold_interrupts():
+                _stop_workers()
+        return code
+
+
+def _run(argv: Sequence[str] | None, GenerateError: type) -> int:  # noqa: N803 - the class, bpy or stand-in
     try:
         args = _parser().parse_args(argv)
         return batch(args) if args.command == "batch" else animate(args)
+    except Interrupted:
+        raise
     except GenerateError as err:
         message = " ".join(str(err).split())
         print(f"flametalk: error: {message}", file=sys.stderr)
@@ -480,4 +585,8 @@ def _exit(code: int) -> None:
 
 
 if __name__ == "__main__":
-    _exit(main())
+    # Run the package's module, not this `__main__` copy: batch.py imports the former, and the interrupt state,
+    # the Interrupted class and the staging helpers must be the same objects on both sides.
+    import importlib
+
+    _exit(importlib.import_module(__spec__.name if __spec__ else "blender_addon.cli").main())
