@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +38,7 @@ class FakeHub:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.honour_range = True
         self.cut_after: int | None = None  # drop the connection after this many body bytes
+        self.seconds_per_body = 0.0  # send each body in 20 pieces over this long (a slow link)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,6 +73,13 @@ class FakeHub:
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if hub.seconds_per_body:
+                    step = max(1, len(body) // 20)
+                    for at in range(0, len(body), step):
+                        self.wfile.write(body[at : at + step])
+                        self.wfile.flush()
+                        time.sleep(hub.seconds_per_body / 20)
                     return
                 self.wfile.write(body)
 
@@ -260,7 +270,8 @@ def test_status_states(tmp_path, hub):
     assert s[0].state == "partial" and f"10 of {len(MODEL):,} bytes" in s[0].detail
     assert s[1].state == "present"
     assert states(tmp_path, m, full_hash=True)[1].state == "verified"
-    assert states(tmp_path, m)[1].state == "verified"  # the sidecar written by the full hash is reused
+    s = states(tmp_path, m)[1]  # the hash recorded by verify is only a hint: status does not call it verified
+    assert s.state == "present" and s.detail == assets.NOT_REVERIFIED
     (tmp_path / "artalk" / "config.json").write_bytes(CONFIG + b" ")
     assert states(tmp_path, m)[1].state == "wrong-size"
 
@@ -327,3 +338,56 @@ def test_cli_assets_offline_status_and_verify(tmp_path):
     proc = run_flametalk("assets", "verify", env=env)
     assert proc.returncode == 2
     assert "2 required missing (ARTalk_wav2vec.pt, config.json)" in one_error_line(proc.stderr)
+
+
+def test_status_never_calls_a_cached_hash_verified(tmp_path, hub):
+    """Issue 19 item 12: a file edited in place with its size and modification time restored keeps its recorded
+    hash; `status` said "verified" while `verify` said "mismatch". Now status says present (not re-verified)."""
+    m = manifest()[:2]
+    final, _ = fetch_all(tmp_path, hub, manifest=m)
+    assert [s.state for s in final] == ["verified", "verified"]  # hashed while downloading
+    model = tmp_path / "artalk" / "model.pt"
+    stat = model.stat()
+    with open(model, "r+b") as fh:  # same size, one byte changed, the time put back
+        fh.seek(1000)
+        fh.write(bytes([MODEL[1000] ^ 0xFF]))
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    status = states(tmp_path, m)
+    assert [s.state for s in status] == ["present", "present"]
+    assert all(s.detail == assets.NOT_REVERIFIED for s in status)
+    checked = states(tmp_path, m, full_hash=True)
+    assert [s.state for s in checked] == ["mismatch", "verified"]
+
+
+def test_two_downloads_into_one_cache_do_not_share_the_part(tmp_path, hub):
+    """Issue 19 item 8: two runs downloading into the same cache both resumed the same .part and appended to it
+    (a corrupt file). Now the second waits for the first (one line says so) and then finds the file in place."""
+    hub.seconds_per_body = 1.0
+    m = manifest()[:1]
+    logs: dict[int, list[str]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            download(tmp_path, manifest=m, base_url=hub.url, progress=False, log=logs[k].append)
+        except BaseException as err:  # noqa: BLE001 - reported by the assertions below
+            errors.append(err)
+
+    first = threading.Thread(target=run, args=(0,))
+    first.start()
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "artalk" / "model.pt.part").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s = states(tmp_path, m)[0]
+    assert s.state == "partial" and "being downloaded by another process" in s.detail
+    second = threading.Thread(target=run, args=(1,))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert errors == []
+    assert (tmp_path / "artalk" / "model.pt").read_bytes() == MODEL
+    assert hub.count("/t/artalk/resolve/main/model.pt") == 1  # fetched once: the second used the first's file
+    waiting = [line for line in logs[1] if "another process is downloading model.pt" in line]
+    assert len(waiting) == 1 and "waiting for it to finish" in waiting[0]
+    assert not list(tmp_path.rglob("*.part"))
+    assert states(tmp_path, m, full_hash=True)[0].state == "verified"

@@ -175,15 +175,22 @@ class AssetState:
     path: Path
     state: str  # verified | present | missing | partial | wrong-size | mismatch | unrecorded
     detail: str = ""
+    # "verified": its bytes were hashed in this call (or while downloading it) and match the published/recorded
+    # sha256. "present": the size matches; the sha256 was not re-computed (a hash recorded earlier is not proof:
+    # a file edited in place with its size and time restored keeps it), `assets verify` re-hashes.
 
     @property
     def ok(self) -> bool:
         return self.state in ("verified", "present")
 
 
-def _state(asset: Asset, root: Path, lock: dict[str, dict[str, object]], full_hash: bool) -> AssetState:
+NOT_REVERIFIED = "not re-verified: size ok, sha256 not re-computed (`assets verify` re-hashes)"
+
+
+def _state(asset: Asset, root: Path, lock: dict[str, dict[str, object]], full_hash: bool,
+           hashed_now: dict[str, str] | None = None) -> AssetState:
     from .hashing import cached_sha256, read_sidecar, sha256_file, write_sidecar
-    from .hub_download import part_path
+    from .hub_download import locked_by_another, part_path
 
     exp = _expected(asset, lock)
     path = root / asset.dest
@@ -191,7 +198,9 @@ def _state(asset: Asset, root: Path, lock: dict[str, dict[str, object]], full_ha
         part = part_path(path)
         if part.is_file():
             of = f" of {exp.size:,}" if exp.size else ""
-            return AssetState(asset, path, "partial", f"{part.stat().st_size:,}{of} bytes; `assets download` resumes")
+            how = ("being downloaded by another process" if locked_by_another(path)
+                   else "`assets download` resumes")
+            return AssetState(asset, path, "partial", f"{part.stat().st_size:,}{of} bytes; {how}")
         note = "needs --accept-flame-license" if asset.flame else ""
         return AssetState(asset, path, "missing", note)
     size = path.stat().st_size
@@ -201,29 +210,37 @@ def _state(asset: Asset, root: Path, lock: dict[str, dict[str, object]], full_ha
         digest = cached_sha256(path)
         note = f"sha256 {digest[:12]}... not yet recorded; `assets download` records it"
         return AssetState(asset, path, "unrecorded", note)
+    fresh = (hashed_now or {}).get(asset.dest)
     if full_hash:
         digest = sha256_file(path)
         write_sidecar(path, digest)
+    elif fresh is not None:  # hashed while this run downloaded (or checked) it
+        digest = fresh
     else:
         digest = read_sidecar(path)
         if digest is None:
             return AssetState(asset, path, "present", "size ok, hash not checked yet (`assets verify`)")
+        if digest == exp.sha256:  # a recorded hash is a hint, not a check: say so
+            return AssetState(asset, path, "present", NOT_REVERIFIED)
     if digest != exp.sha256:
         return AssetState(asset, path, "mismatch", f"sha256 {digest} but expected {exp.sha256}")
     return AssetState(asset, path, "verified", "")
 
 
 def states(
-    cache: str | os.PathLike[str] | None = None, manifest: Sequence[Asset] | None = None, full_hash: bool = False
+    cache: str | os.PathLike[str] | None = None, manifest: Sequence[Asset] | None = None, full_hash: bool = False,
+    hashed_now: dict[str, str] | None = None,
 ) -> list[AssetState]:
-    """State of every manifest file. `full_hash`: re-hash present files (`verify`); otherwise use sidecar hashes."""
+    """State of every manifest file. `full_hash`: re-hash present files (`verify`: "verified" or "mismatch");
+    otherwise a matching size is "present (not re-verified)" and only a recorded hash that differs is reported
+    ("mismatch"). `hashed_now`: {dest: sha256} of files hashed by the caller just now (a download)."""
     root = cache_dir(cache)
     lock = _read_lock(root)
     if manifest is None:
         folder = root / STYLE_SUBDIR
         local = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
         manifest = release_manifest([*KNOWN_STYLES, *(n for n in local if n not in KNOWN_STYLES)])
-    return [_state(a, root, lock, full_hash) for a in manifest]
+    return [_state(a, root, lock, full_hash, hashed_now) for a in manifest]
 
 
 # ---- download ----
@@ -291,6 +308,7 @@ def download(
             continue
         todo.append(a)
 
+    hashed_now: dict[str, str] = {}  # files whose bytes this run hashed (downloaded): reported as verified
     for i, a in enumerate(todo):
         exp = _expected(a, _read_lock(root))
         dest = root / a.dest
@@ -307,11 +325,13 @@ def download(
             say(f"{a.name} in the cache is damaged (size or sha256 differs); downloading it again")
             dest.unlink()
         try:
-            digest = fetch(asset_url(a, base), dest, exp.size, exp.sha256, desc=a.name, progress=progress)
+            digest = fetch(asset_url(a, base), dest, exp.size, exp.sha256, desc=a.name, progress=progress, log=say)
         except HubUnreachable as err:
             missing = [b for b in todo[i:] if not (root / b.dest).is_file()]
             raise FlameTalkError(offline_message(missing, root, base, err.reason), EXIT_OFFLINE) from err
         if exp.sha256 is None:
             _record_lock(root, a, dest.stat().st_size, digest)
+        hashed_now[a.dest] = digest
         say(f"downloaded {a.name} -> {dest}")
-    return states(root, [a for a in items if not a.flame or accept_flame_license or (root / a.dest).is_file()])
+    return states(root, [a for a in items if not a.flame or accept_flame_license or (root / a.dest).is_file()],
+                  hashed_now=hashed_now)

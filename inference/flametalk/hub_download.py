@@ -1,5 +1,9 @@
 """HTTP download of one file from the model hub (stdlib urllib only): resume from `<dest>.part` with an HTTP Range
 request, SHA-256 while streaming, tqdm progress, and `os.replace` into place only once size and hash are right.
+
+One download per file at a time: `<dest>.lock` is locked (flock; msvcrt on Windows) for the whole transfer, so two
+processes sharing a cache never append to the same .part. The second one says so in one line, waits, and then
+finds the file in place (nothing is downloaded twice).
 """
 
 from __future__ import annotations
@@ -8,7 +12,12 @@ import hashlib
 import http.client
 import json
 import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 from urllib.request import Request, urlopen
@@ -21,8 +30,10 @@ CHUNK_BYTES = 1 << 20  # 1 MiB per read from the network
 TIMEOUT_S = 60.0  # seconds without progress before a connection attempt or read gives up
 USER_AGENT = f"flametalk/{__version__} (+urllib)"
 PART_SUFFIX = ".part"
+LOCK_SUFFIX = ".lock"
 
-__all__ = ["CHUNK_BYTES", "HubUnreachable", "PART_SUFFIX", "TIMEOUT_S", "fetch", "list_folder", "part_path"]
+__all__ = ["CHUNK_BYTES", "HubUnreachable", "LOCK_SUFFIX", "PART_SUFFIX", "TIMEOUT_S", "fetch", "list_folder",
+           "lock_path", "locked_by_another", "part_path"]
 
 
 class HubUnreachable(Exception):
@@ -36,6 +47,79 @@ class HubUnreachable(Exception):
 
 def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PART_SUFFIX)
+
+
+def lock_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + LOCK_SUFFIX)
+
+
+def _try_lock(handle: IO[bytes]) -> bool:
+    """Take the exclusive lock without waiting; False when another process (or handle) holds it."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock(handle: IO[bytes]) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def download_lock(dest: Path, desc: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold `<dest>.lock` exclusively; when another process holds it, say so in one line and wait for it."""
+    try:
+        handle = open(lock_path(dest), "a+b")  # noqa: SIM115 - held open for the lock's lifetime
+    except OSError as err:
+        raise FlameTalkError(f"cannot write in the cache folder {dest.parent} ({err.strerror or err}); "
+                             "choose another with --cache or FLAMETALK_CACHE") from None
+    try:
+        if not _try_lock(handle):
+            (log or (lambda msg: print(msg, file=sys.stderr)))(
+                f"another process is downloading {desc} into this cache ({dest.parent}); waiting for it to finish")
+            while not _try_lock(handle):
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            _unlock(handle)
+    finally:
+        handle.close()
+
+
+def locked_by_another(dest: Path) -> bool:
+    """True while some process holds `<dest>.lock` (a download of that file is in progress)."""
+    path = lock_path(dest)
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "a+b") as handle:
+            if _try_lock(handle):
+                _unlock(handle)
+                return False
+            return True
+    except OSError:
+        return False
 
 
 def _reason(err: BaseException) -> str:
@@ -94,15 +178,29 @@ def fetch(
     desc: str,
     progress: bool = True,
     timeout: float = TIMEOUT_S,
+    log: Callable[[str], None] | None = None,
 ) -> str:
     """Download `url` to `dest` (resuming `dest.part`), check size and sha256 (when given); return the sha256.
 
     A hash mismatch deletes the .part file and raises FlameTalkError. An interrupted transfer keeps the .part for
-    the next call to resume. HubUnreachable is raised when the server cannot be reached at all.
+    the next call to resume. HubUnreachable is raised when the server cannot be reached at all. Holds
+    `<dest>.lock` throughout (another process downloading the same file is waited for, then its file is used).
     """
-    from tqdm import tqdm
+    from .hashing import cached_sha256
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with download_lock(dest, desc, log):
+        if dest.is_file() and (size is None or dest.stat().st_size == size):  # put there while we waited
+            digest = cached_sha256(dest)
+            if sha256 is None or digest == sha256.lower():
+                return digest
+        return _fetch_locked(url, dest, size, sha256, desc=desc, progress=progress, timeout=timeout)
+
+
+def _fetch_locked(url: str, dest: Path, size: int | None, sha256: str | None, *, desc: str, progress: bool,
+                  timeout: float) -> str:
+    from tqdm import tqdm
+
     part = part_path(dest)
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset > size:  # longer than the real file: cannot be a prefix of it
