@@ -21,6 +21,7 @@ import numpy as np
 
 from . import compat, keyframes, paths, takes
 from .controls import Controls, apply_controls, quaternion_tolerance
+from .flame.motionfile import read_motion
 from .keyframes import MotionFileError, Take
 from .rig import FlameRig, find_rig
 from .style_from_action import STYLE_FRAMES, style_frames
@@ -275,17 +276,17 @@ class GenerateJob:
         if self.result_event is None:
             raise GenerateError("the motion is not ready yet", "internal")
         try:
-            motion, motion_fps = keyframes.load_motion(self.out)
+            read = read_motion(self.out)
         except MotionFileError as err:
             raise GenerateError(f"the worker wrote a bad motion file ({err})", "internal") from None
         if rig is None:
             rig = find_rig(bpy.data.objects.get(self.rig_name)) if self.rig_name else None
         if rig is None:
             raise GenerateError("the FLAME head was deleted while generating; nothing was keyed")
-        result = apply_motion(rig, motion, motion_fps, audio=self.req.audio, req=self.req,
+        result = apply_motion(rig, read.motion, read.fps, audio=self.req.audio, req=self.req,
                               scene=scene or self.scene)
         result.generate_seconds = time.perf_counter() - self.started
-        result.provenance = _read_provenance(self.out)
+        result.provenance = read.provenance
         return result
 
     def close(self) -> None:
@@ -294,16 +295,6 @@ class GenerateJob:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         if self.req.temp_dir:
             shutil.rmtree(self.req.temp_dir, ignore_errors=True)
-
-
-def _read_provenance(path: str) -> dict[str, Any]:
-    import json
-
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return json.loads(str(npz["provenance"])) if "provenance" in npz.files else {}
-    except (OSError, ValueError):
-        return {}
 
 
 class _Snapshot:
@@ -343,7 +334,9 @@ def apply_motion(rig: FlameRig, motion: np.ndarray, motion_fps: float, *, audio:
     """Controls -> keys -> sound strip -> NLA -> frame range, all or nothing. Also the CLI's --motion path."""
     scene = scene or req.scene or bpy.context.scene
     t0 = time.perf_counter()
-    try:
+    try:  # the motion-file rules, and a take that ends within Blender's frames: refused before anything is keyed
+        motion, motion_fps = keyframes.validate_motion(motion, motion_fps)
+        keyframes.check_scene_length(len(motion), motion_fps, scene, req.start_frame)
         controlled = apply_controls(motion, req.controls)
     except ValueError as err:
         raise GenerateError(str(err)) from None

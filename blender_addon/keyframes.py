@@ -12,8 +12,6 @@ caller and kept with a fake user, so earlier takes survive and can be re-assigne
 
 from __future__ import annotations
 
-import os
-import zipfile
 from dataclasses import dataclass, field
 
 import bpy
@@ -22,16 +20,14 @@ import numpy as np
 from . import compat
 from .controls import simplify_indices
 from .flame import JOINT_NAMES, axis_angle_to_quaternion
-from .flame.lbs import EXPR, HEAD_ROT, JAW_ROT, MOTION_DIM
+from .flame.lbs import EXPR, HEAD_ROT, JAW_ROT
+from .flame.motionfile import MotionFileError as MotionFileError  # re-exported: the add-on catches it here
+from .flame.motionfile import check_fps, check_motion, check_scene_span, read_motion
 from .rig import EXPR_KEY, SLIDER_LIMIT, FlameRig
 
 MOTION_FPS = 25.0
 TAKE_PROP = "flametalk_take"  # custom property on a take's actions: the take name
 ROLE_PROP = "flametalk_role"  # "bones" or "shapes"
-
-
-class MotionFileError(ValueError):
-    """The motion file is missing or not an ARTalk motion. `str()` is one readable line."""
 
 
 @dataclass
@@ -49,36 +45,23 @@ class Take:
 
 
 def load_motion(path: str) -> tuple[np.ndarray, float]:
-    """(motion (T, 106) float32, fps) from an .npz with `motion` and `fps`; raises MotionFileError."""
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise MotionFileError(f"motion file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "motion" not in npz.files:
-                raise MotionFileError(f"{name} has no 'motion' array")
-            motion = npz["motion"]
-            fps = npz["fps"] if "fps" in npz.files else np.float64(MOTION_FPS)
-    except MotionFileError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise MotionFileError(f"{name} is not a motion .npz ({str(err).splitlines()[0][:120]})") from None
-    return validate_motion(motion, fps, name)
+    """(motion (T, 106) float32, fps) from a motion .npz; raises MotionFileError (one line). The reader and its
+    rules (keys, dtype, shape, frame and fps limits, sizes checked before allocating) are flametalk's own:
+    flame/motionfile.py."""
+    read = read_motion(path)
+    return read.motion, read.fps
 
 
 def validate_motion(motion: np.ndarray, fps: object = MOTION_FPS, name: str = "motion") -> tuple[np.ndarray, float]:
-    motion = np.asarray(motion)
-    if motion.ndim != 2 or motion.shape[1] != MOTION_DIM or motion.shape[0] < 1:
-        raise MotionFileError(f"{name}: 'motion' must have shape (T, {MOTION_DIM}), got {tuple(motion.shape)}")
-    if not np.issubdtype(motion.dtype, np.number) or not np.all(np.isfinite(motion)):
-        raise MotionFileError(f"{name}: 'motion' must hold finite numbers")
-    try:
-        fps_value = float(np.asarray(fps).reshape(()))
-    except (TypeError, ValueError):
-        raise MotionFileError(f"{name}: 'fps' must be one number") from None
-    if not (np.isfinite(fps_value) and 0 < fps_value <= 1000):
-        raise MotionFileError(f"{name}: 'fps' must be a positive number, got {fps_value}")
-    return motion.astype(np.float32), fps_value
+    """An in-memory motion and its fps checked by the motion-file rules -> (float32 (T, 106), fps)."""
+    return check_motion(motion, name), check_fps(fps, name)
+
+
+def check_scene_length(n_frames: int, motion_fps: float, scene: bpy.types.Scene, start_frame: float | None = None,
+                       what: str = "the motion") -> float:
+    """The scene frame of the last motion frame; MotionFileError if a take would end past Blender's last frame."""
+    start = float(scene.frame_start if start_frame is None else start_frame)
+    return check_scene_span(n_frames, motion_fps, scene_fps(scene), start, what)
 
 
 def scene_fps(scene: bpy.types.Scene) -> float:
@@ -148,6 +131,7 @@ def write_take(
     motion, motion_fps = validate_motion(motion, motion_fps)
     scene = scene or bpy.context.scene
     start = float(scene.frame_start if start_frame is None else start_frame)
+    check_scene_length(len(motion), motion_fps, scene, start)
     frames = motion_frames(len(motion), motion_fps, scene_fps(scene), start)
     warnings: list[str] = []
 

@@ -108,9 +108,9 @@ def test_malicious_flame_file_exit_code_and_one_line(inputs: dict[str, str]) -> 
     ("case", "expected"),
     [
         ("missing_flame", "FLAME file not found"),
-        ("missing_motion", "motion file not found"),
-        ("short_motion", "must have shape (T, 106), got (20, 100)"),
-        ("garbled_motion", "is not a motion .npz"),
+        ("missing_motion", "nope.npz' does not exist"),
+        ("short_motion", "must have shape (frames, 106) (100 expression + 3 head + 3 jaw), got (20, 100)"),
+        ("garbled_motion", "is not a valid .npz motion file"),
         ("bad_out_folder", "folder does not exist"),
         ("bad_fps", "--fps must be positive"),
         ("no_args", "required"),

@@ -1,7 +1,9 @@
 """Motion files: `.npz` with `motion` float32 (T, 106), `fps` (0-d float64, frames per second) and `provenance`
 (0-d unicode array holding one JSON object: checkpoint sha256, style, settings, flametalk version, ...).
 
-Nothing in the file is a pickled object: it loads with `np.load(path, allow_pickle=False)`.
+Nothing in the file is a pickled object: it loads with `np.load(path, allow_pickle=False)`. Reading and the rules
+(dtype, shape, at most MAX_FRAMES frames, fps 1..1000, sizes checked before allocating) live in flame/motionfile.py,
+shared with the Blender add-on, so both halves accept and refuse the same files with the same one-line messages.
 Writes are atomic: the data goes to a temporary file in the destination folder, which then replaces the
 destination with `os.replace`, so an existing file is either left untouched or fully replaced.
 """
@@ -9,53 +11,38 @@ destination with `os.replace`, so an existing file is either left untouched or f
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .constants import FPS, MOTION_DIM
+from .constants import FPS
 from .errors import FlameTalkError
+from .flame import motionfile
+from .flame.motionfile import FPS_KEY, MOTION_KEY, PROVENANCE_KEY, MotionFileError
 
-MOTION_KEY = "motion"
-FPS_KEY = "fps"
-PROVENANCE_KEY = "provenance"
 DEFAULT_FILE_MODE = 0o644  # permissions of a newly written motion file (POSIX)
 
 __all__ = ["FPS_KEY", "MOTION_KEY", "PROVENANCE_KEY", "check_motion", "load_motion", "save_motion"]
 
 
 def check_motion(motion: Any, what: str = "motion") -> np.ndarray:
-    """Validate a (T, 106) floating array with T >= 1 and only finite values; return it as float32."""
-    arr = np.asarray(motion)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.floating):
-        raise FlameTalkError(f"{what} must hold floating-point values, got dtype {arr.dtype}")
-    if arr.ndim != 2 or arr.shape[1] != MOTION_DIM:
-        raise FlameTalkError(
-            f"{what} must have shape (frames, {MOTION_DIM}) (100 expression + 3 head + 3 jaw), got {tuple(arr.shape)}"
-        )
-    if arr.shape[0] == 0:
-        raise FlameTalkError(f"{what} has no frames")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        bad = int(np.count_nonzero(~np.isfinite(arr).all(axis=1)))
-        raise FlameTalkError(f"{what} contains NaN or infinite values in {bad} of {arr.shape[0]} frames")
-    return arr
+    """Validate a floating (T, 106) array, 1 <= T <= MAX_FRAMES, only finite values; return it as float32.
+    The rules are the Blender add-on's too (flame/motionfile.py)."""
+    try:
+        return motionfile.check_motion(motion, what)
+    except MotionFileError as err:
+        raise FlameTalkError(str(err)) from None
 
 
 def _check_fps(fps: Any, what: str) -> float:
     try:
-        value = float(fps)
-    except (TypeError, ValueError):
-        raise FlameTalkError(f"{what}: fps must be a number, got {fps!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise FlameTalkError(f"{what}: fps must be a positive number, got {value}")
-    return value
+        return motionfile.check_fps(fps, what)
+    except MotionFileError as err:
+        raise FlameTalkError(str(err)) from None
 
 
 def save_motion(
@@ -108,54 +95,10 @@ def save_motion(
 
 
 def load_motion(path: str | os.PathLike[str]) -> tuple[np.ndarray, float, dict[str, Any]]:
-    """Read a motion `.npz` -> (motion float32 (T, 106), fps, provenance dict). Validates shape, dtype and values."""
-    p = Path(path)
-    what = f"motion file '{p}'"
-    if not p.is_file():
-        raise FlameTalkError(f"{what} does not exist; check the path")
+    """Read a motion `.npz` -> (motion float32 (T, 106), fps, provenance dict). Validates everything before
+    allocating (flame/motionfile.py: the same reader and rules as the Blender add-on); FlameTalkError otherwise."""
     try:
-        with open(p, "rb") as fh:
-            magic = fh.read(6)
-    except OSError as err:
-        raise FlameTalkError(f"{what} cannot be read ({err.strerror}); check its permissions") from err
-    if magic == b"\x93NUMPY":
-        raise FlameTalkError(f"{what} is a single .npy array, not an .npz with a '{MOTION_KEY}' array")
-    if not magic.startswith(b"PK"):
-        raise FlameTalkError(f"{what} is not a valid .npz motion file (not a zip archive); regenerate it")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            keys = set(data.files)
-            if MOTION_KEY not in keys:
-                raise FlameTalkError(f"{what} has no '{MOTION_KEY}' array (found: {', '.join(sorted(keys)) or 'none'})")
-            motion = data[MOTION_KEY]
-            fps_raw = data[FPS_KEY] if FPS_KEY in keys else None
-            prov_raw = data[PROVENANCE_KEY] if PROVENANCE_KEY in keys else None
-    except FlameTalkError:
-        raise
-    except ValueError as err:
-        if "pickle" in str(err):
-            raise FlameTalkError(f"{what} contains pickled objects, which are not loaded for safety") from err
-        raise FlameTalkError(f"{what} is not a valid .npz motion file ({err})") from err
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
-        raise FlameTalkError(f"{what} is not a valid .npz motion file ({err}); regenerate it") from err
-
-    motion = check_motion(motion, what)
-    if fps_raw is None:
-        raise FlameTalkError(f"{what} has no '{FPS_KEY}' value; regenerate it with `python -m flametalk generate`")
-    if np.size(fps_raw) != 1:
-        raise FlameTalkError(f"{what}: '{FPS_KEY}' must be one number, got shape {np.shape(fps_raw)}")
-    fps = _check_fps(np.asarray(fps_raw).reshape(()).item(), what)
-    provenance: dict[str, Any] = {}
-    if prov_raw is not None:
-        if np.size(prov_raw) != 1 or prov_raw.dtype.kind not in "US":
-            raise FlameTalkError(f"{what}: '{PROVENANCE_KEY}' must be one JSON string")
-        text = np.asarray(prov_raw).reshape(()).item()
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
-        try:
-            provenance = json.loads(text) if text else {}
-        except json.JSONDecodeError as err:
-            raise FlameTalkError(f"{what}: '{PROVENANCE_KEY}' is not valid JSON ({err.msg})") from err
-        if not isinstance(provenance, dict):
-            raise FlameTalkError(f"{what}: '{PROVENANCE_KEY}' must be a JSON object")
-    return motion, fps, provenance
+        read = motionfile.read_motion(path)
+    except MotionFileError as err:
+        raise FlameTalkError(str(err)) from None
+    return read.motion, read.fps, read.provenance
