@@ -2,7 +2,9 @@
 
 Hashing the 1.96 GB release checkpoint takes seconds; the sidecar lets every later run reuse the result as long as
 the file's size and mtime (nanoseconds) are unchanged. A sidecar that cannot be written (read-only folder) is
-silently skipped.
+silently skipped. A sidecar is a hint, not proof: a file edited in place with its size and mtime put back keeps
+it, so `assets status` reports such files as present (not re-verified) and only `assets verify` (sha256_file)
+says verified.
 """
 
 from __future__ import annotations
