@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     asub = a.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     asub.required = True
     for name, text in (("download", "fetch missing files (sha256-checked, resumable)"),
-                       ("status", "list what is present and verified"),
+                       ("status", "list what is present (verify re-hashes)"),
                        ("verify", "re-hash every present file")):  # fmt: skip
         p = asub.add_parser(name, parents=[common], help=text)
         p.add_argument("--cache", metavar="DIR", help="cache folder (default: FLAMETALK_CACHE or the user cache)")
