@@ -213,6 +213,9 @@ def check_audio_encoder_config(cfg: ARTalkConfig) -> None:
                 raise ValueError(f"{key} {value!r} is not an activation transformers knows")
         if getattr(enc, "feat_extract_norm", "group") not in ("group", "layer"):
             raise ValueError(f"feat_extract_norm {enc.feat_extract_norm!r} must be 'group' or 'layer'")
+        if enc.hidden_size % enc.num_attention_heads:  # also when one of them is left to transformers' default
+            raise ValueError(f"hidden_size {enc.hidden_size} is not divisible by num_attention_heads "
+                             f"{enc.num_attention_heads}")
     except Exception as err:  # transformers' own validation errors have no common base beyond Exception
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise FlameTalkError(f"config.json's AUDIO_ENCODER_CONFIG is not a valid {cfg.audio_encoder} config "

@@ -112,7 +112,8 @@ def check_motion(motion: Any, what: str = "motion") -> np.ndarray:
     arr = np.asarray(motion)
     _check_dtype(arr.dtype, what)
     _check_shape(arr.shape, what)
-    arr = arr.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, refused just below
+        arr = arr.astype(np.float32, copy=False)
     finite = np.isfinite(arr).all(axis=1)
     if not finite.all():
         bad = int(np.count_nonzero(~finite))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,7 +118,8 @@ def _read_container(path: str, use_torch: bool | None) -> tuple[dict[str, Any], 
     except MemoryError:
         raise FlameFileError(_memory_message(name)) from None
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, OverflowError, UnicodeDecodeError, OSError, RecursionError, RuntimeError) as err:
+            AttributeError, OverflowError, UnicodeDecodeError, OSError, RecursionError, RuntimeError,
+            SystemError) as err:  # SystemError: numpy, on a dtype state with impossible flags (a fuzz find)
         raise FlameFileError(f"{name} is damaged or not a FLAME model ({_short(err)})") from None
     raise FlameFileError(f"{name} is not a FLAME model (expected generic_model.pkl or FLAME_with_eye.pt)")
 
@@ -145,12 +147,15 @@ class _NpzMember(LazyArray):
 
 def _npy_header(handle: Any) -> tuple[tuple[int, ...], np.dtype]:
     version = np.lib.format.read_magic(handle)
-    if version == (1, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-    elif version == (2, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-    else:
-        raise ValueError(f".npy format version {version} is not supported")
+    try:
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f".npy format version {version} is not supported")
+    except tokenize.TokenError:  # numpy's fallback parser for old headers raises this, not ValueError (a fuzz find)
+        raise ValueError("unreadable .npy header") from None
     return tuple(int(n) for n in shape), dtype
 
 
@@ -215,7 +220,8 @@ def _array(model: dict[str, Any], key: str) -> np.ndarray:
         raise FlameFileError(f"not a FLAME model: '{key}' is missing")
     try:
         return to_array(model[key])
-    except (ValueError, TypeError, KeyError, IndexError, OSError, EOFError, zipfile.BadZipFile) as err:
+    except (ValueError, TypeError, KeyError, IndexError, OSError, EOFError, zipfile.BadZipFile,
+            RuntimeError) as err:  # zipfile: an unknown compression method, an encrypted member (a fuzz find)
         raise FlameFileError(f"not a usable FLAME model: '{key}' is unreadable ({_short(err)})") from None
 
 
@@ -235,6 +241,8 @@ def _check_count(count: int, key: str, what: str, flame: int, limit: int) -> Non
 def _finite_float(arr: np.ndarray, key: str) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.number):
         raise FlameFileError(f"not a FLAME model: '{key}' is not numeric")
+    if np.issubdtype(arr.dtype, np.complexfloating):  # a cast would warn on stderr and drop the imaginary part
+        raise FlameFileError(f"not a FLAME model: '{key}' holds complex numbers")
     out = np.asarray(arr, dtype=np.float64)
     if not np.all(np.isfinite(out)):
         raise FlameFileError(f"not a usable FLAME model: '{key}' contains NaN or infinity")
