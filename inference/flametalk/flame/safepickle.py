@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import io
 import pickle
+import pickletools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -186,6 +187,13 @@ def restricted_loads(
     extra: Mapping[tuple[str, str], Any] | None = None,
     persistent_load: Callable[[Any], Any] | None = None,
 ) -> Any:
+    # Fuzz finds: the C unpickler allocates a counted bytes argument's declared size before reading it (a 4-GB claim
+    # in a 1-KB file) and grows (and zero-fills) its memo up to any PUT index. Walk the opcodes first in pure Python,
+    # which reads only what is there (ValueError past the end), and bound memo indices by the opcodes so far (a
+    # pickler numbers them from 0). ~0.1 s for a 50-MB FLAME pickle.
+    for count, (opcode, arg, _pos) in enumerate(pickletools.genops(data)):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= count:
+            raise pickle.UnpicklingError(f"memo index {arg} at opcode {count} is out of range")
     return RestrictedUnpickler(io.BytesIO(data), extra, persistent_load).load()
 
 
