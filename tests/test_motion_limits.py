@@ -257,3 +257,23 @@ def test_take_past_blenders_last_frame_is_refused_before_keying(blender: dict[st
         generate.apply_motion(flame_rig, np.zeros((41_904, 106), np.float32), 1.0, audio=None, req=req)
     assert err.value.kind == "input" and "would end at scene frame 1,048,575" in str(err.value)
     assert not list(bpy.data.actions) and (scene.frame_start, scene.frame_end) == (1, 250)
+
+
+def test_style_npy_header_is_checked_before_numpy_allocates(tmp_path: Path) -> None:
+    """A 1-KB style clip declaring (10^9, 106) float64: np.load asked for 848 GB; now one line, nothing allocated."""
+    from flametalk.style import load_style
+
+    (tmp_path / "huge.npy").write_bytes(_npy_bytes((10**9, 106), "<f8", _motion(2).astype("<f8").tobytes()))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FlameTalkError) as err:
+            load_style(tmp_path / "huge.npy")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(err.value) == (f"style clip '{tmp_path / 'huge.npy'}' is damaged: its header declares "
+                              "848,000,000,000 bytes of data, the file holds 1,696; save it again with numpy.save")
+    assert peak < 8 << 20
+    np.save(tmp_path / "fine.npy", _motion(60))
+    style, name = load_style(tmp_path / "fine.npy")
+    assert style.shape == (50, 106) and name == "fine"

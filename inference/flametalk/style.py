@@ -107,6 +107,12 @@ def _array_from_numpy_file(path: Path, what: str) -> Any:
 
         motion, _, _ = load_motion(path)  # validates key, shape, dtype and values with its own messages
         return motion
+    from .flame.motionfile import MotionFileError, check_npy_size
+
+    try:
+        check_npy_size(path, what)  # the header's declared size against the file's, before np.load allocates it
+    except MotionFileError as err:
+        raise FlameTalkError(str(err)) from None
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as err:

@@ -56,6 +56,7 @@ __all__ = [
     "MotionFileError",
     "check_fps",
     "check_motion",
+    "check_npy_size",
     "check_scene_span",
     "read_motion",
 ]
@@ -219,6 +220,21 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str, check: A
             raise MotionFileError(f"{what} has data after its array; {REGENERATE}")
     arr = raw.view(dtype)
     return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+def check_npy_size(path: str | os.PathLike[str], what: str) -> None:
+    """A plain .npy (e.g. a style clip): its header must declare exactly the data the file holds, checked before
+    numpy's loader allocates what the header declares (a 1-KB file can declare a terabyte)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            shape, _fortran, dtype, header_bytes = _read_header(fh, what)
+    except OSError as err:
+        raise MotionFileError(f"{what} cannot be read ({err.strerror}); check its permissions") from None
+    nbytes = math.prod(shape) * dtype.itemsize
+    if size != header_bytes + nbytes:
+        raise MotionFileError(f"{what} is damaged: its header declares {nbytes:,} bytes of data, the file holds "
+                              f"{max(size - header_bytes, 0):,}; save it again with numpy.save")
 
 
 def _one_value(shape: tuple[int, ...], dtype: np.dtype, what: str, kinds: str, max_itemsize: int) -> None:
