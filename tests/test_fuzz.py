@@ -591,6 +591,28 @@ def test_fuzz_worker_request_lines(tmp_path: Path) -> None:
     assert sum(c["result"] == "ok" for c in cases) > len(cases) // 10
 
 
+def test_fuzz_worker_reader_keeps_serving() -> None:
+    """The same mutated lines through the worker's request reader in one stream: every line is answered or queued,
+    none is an internal error (an exception other than BadRequest), and a ping after all of them is answered."""
+    from flametalk.worker import Worker
+
+    rng = np.random.default_rng([SEED, 99])
+    lines = []
+    for _ in range(max(1, int(2000 * SCALE))):
+        seed = REQUEST_SEEDS[int(rng.integers(0, len(REQUEST_SEEDS)))]
+        lines.append(_json_mutation(rng, seed)[0].replace(b"\n", b" ").replace(b"\r", b" "))
+    out = io.StringIO()
+    worker = Worker(out)
+    worker.read_requests(io.BytesIO(b"\n".join(lines) + b'\n{"id":"last","cmd":"ping"}\n'))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    internal = [e for e in events if e.get("kind") == "internal"]
+    assert not internal, internal[:5]
+    errors = [e for e in events if e["event"] == "error"]
+    assert len(errors) > len(lines) // 2 and all("\n" not in e["message"] for e in errors)
+    assert events[-1] == {"event": "pong", "id": "last", "loaded": None}
+    assert worker.stdin_closed.is_set()
+
+
 def test_fuzz_wav_headers(tmp_path: Path) -> None:
     cases, done = _run_family("wav", tmp_path)
     _check("wav", cases, done, tmp_path)
