@@ -58,7 +58,7 @@ def test_plans_from_features():
     assert [n for n in plans.CPU_PLANS if plans.missing_for(n, avx2) is None] == ["avx2", "generic"]
     assert plans.missing_for("avx512", avx2) == "AVX-512" and plans.missing_for("avx2-vnni", avx2) == "AVX-VNNI"
     fast = plans.cpu_plan("avx2", "fast", avx2)
-    assert (fast.pack, fast.int8, fast.dtype, fast.attention) == (True, "fbgemm", "float32", "sdpa")
+    assert (fast.pack, fast.int8, fast.dtype, fast.attention) == (True, "fbgemm", "float32", "bmm")
     exact = plans.cpu_plan("avx2", "exact", avx2)
     assert (exact.pack, exact.int8, exact.dtype, exact.attention) == (True, None, "float32", "sdpa")
     # Intel client CPUs since Alder Lake: AVX-VNNI without AVX-512 -> oneDNN int8, no bf16 (emulated there)
@@ -70,7 +70,6 @@ def test_plans_from_features():
     sapphire = fake(avx512=True, avx512_vnni=True, avx512_bf16=True, amx=True, avx_vnni=True)
     assert plans.cpu_plan("avx512", "fast", sapphire).int8 == "onednn"
     assert plans.cpu_plan("avx512", "fast", sapphire).dtype == "bfloat16"
-    assert plans.cpu_plan("avx512", "fast", sapphire).attention == "bmm"  # bf16 probabilities x values
     skylake = fake(avx512=True)
     assert plans.cpu_plan("avx512", "fast", skylake).int8 == "fbgemm"
     assert plans.cpu_plan("avx512", "fast", skylake).dtype == "float32"
