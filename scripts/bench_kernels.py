@@ -23,14 +23,14 @@ SHAPES = [(199, 1024, 1024), (199, 1024, 4096), (199, 4096, 1024),  # audio enco
           (181, 1024, 4608), (181, 768, 3072), (25, 768, 768), (5, 768, 3072)]  # AR: AdaLN, FFN, late scales
 
 
-def best_seconds(fn, calls: int = 20, rounds: int = 5) -> float:
+def best_seconds(fn, *args, calls: int = 20, rounds: int = 5) -> float:
     for _ in range(3):
-        fn()
+        fn(*args)
     best = float("inf")
     for _ in range(rounds):
         t0 = time.perf_counter()
         for _ in range(calls):
-            fn()
+            fn(*args)
         best = min(best, (time.perf_counter() - t0) / calls)
     return best
 
@@ -63,16 +63,16 @@ def main() -> int:
             layer.weight.copy_(torch.randn(N, K, generator=gen) * 0.02)
         x = torch.randn(M, K, generator=gen)
         giga = 2 * M * K * N / 1e9
-        rates = {"blas_fp32": best_seconds(lambda: F.linear(x, layer.weight, layer.bias))}
+        rates = {"blas_fp32": best_seconds(F.linear, x, layer.weight, layer.bias)}
         if cpu.onednn:
             packed = PackedLinear(layer)
-            rates["onednn_fp32"] = best_seconds(lambda: packed(x))
+            rates["onednn_fp32"] = best_seconds(packed, x)
         if cpu.fbgemm:
             fb = FbgemmInt8Linear(layer, per_token=True)
-            rates["fbgemm_int8"] = best_seconds(lambda: fb(x))
+            rates["fbgemm_int8"] = best_seconds(fb, x)
         if onednn_int8_available():
             q8 = Int8Linear(layer, per_token=True)
-            rates["onednn_int8"] = best_seconds(lambda: q8(x))
+            rates["onednn_int8"] = best_seconds(q8, x)
         print(f"{M:4d} x {K:4d} -> {N:4d}: " + "  ".join(f"{k} {giga / v:6.0f}" for k, v in rates.items()))
     if cpu.fbgemm:
         print(f"fbgemm worst-case relative error: 8-bit activations {saturation_error(False):.3f}, "
