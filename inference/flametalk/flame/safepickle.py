@@ -114,15 +114,55 @@ def _numpy_module(suffix: str) -> Any:
     return None
 
 
+def checked_dtype(dtype: Any) -> np.dtype:
+    """`dtype` if it is a plain numeric dtype exactly as numpy itself would build it, else UnpicklingError.
+
+    A pickled dtype's BUILD state sets its flags directly: one flipped byte (found by the fuzz test) marked float64
+    items as object references (NPY_ITEM_REFCOUNT), and an array of that dtype would then treat the file's numbers
+    as pointers when it is freed. FLAME needs no object, structured or sub-array dtype, so any dtype whose flags or
+    layout differ from the canonical one of its type string is refused before an array or scalar is made with it."""
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f"{type(dtype).__name__} where a numpy dtype was expected")
+    canonical = np.dtype(dtype.str)
+    if dtype.flags != canonical.flags or dtype.itemsize != canonical.itemsize:
+        raise pickle.UnpicklingError(f"numpy dtype {dtype.str!r} has altered flags ({dtype.flags})")
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biufc":
+        raise pickle.UnpicklingError(f"numpy dtype {dtype.str!r} is not a plain number type")
+    return dtype
+
+
+class _CheckedArray(np.ndarray):
+    """What the pickle's array reconstructor makes: BUILD's state is checked (its dtype above) before numpy's own
+    __setstate__ fills the array."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("malformed numpy array state")
+        checked_dtype(state[-3])  # (version,) shape, dtype, is_fortran, data
+        super().__setstate__(state)
+
+
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     multiarray = _numpy_module("multiarray")
     numeric = _numpy_module("numeric")
+
+    def reconstruct(cls: Any, shape: Any, typecode: Any) -> Any:
+        if cls is not np.ndarray:
+            raise UnsafePickleError("numpy", f"_reconstruct({getattr(cls, '__name__', cls)!r})")
+        return multiarray._reconstruct(_CheckedArray, shape, typecode)
+
+    def scalar(dtype: Any, *args: Any) -> Any:
+        return multiarray.scalar(checked_dtype(dtype), *args)
+
+    def frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> Any:
+        return numeric._frombuffer(buf, checked_dtype(dtype), shape, order)
+
     for prefix in ("numpy.core", "numpy._core"):  # files written by numpy 1.x or 2.x
-        table[(f"{prefix}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        table[(f"{prefix}.multiarray", "scalar")] = multiarray.scalar
+        table[(f"{prefix}.multiarray", "_reconstruct")] = reconstruct
+        table[(f"{prefix}.multiarray", "scalar")] = scalar
         if numeric is not None and hasattr(numeric, "_frombuffer"):
-            table[(f"{prefix}.numeric", "_frombuffer")] = numeric._frombuffer
+            table[(f"{prefix}.numeric", "_frombuffer")] = frombuffer
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 exposes the dtype classes that BUILD may target
     if dtypes is not None:
         for name in dir(dtypes):
@@ -333,7 +373,7 @@ def to_array(obj: Any, max_elements: int = MAX_ELEMENTS) -> np.ndarray:
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise ValueError("object array where numbers were expected")
-        return obj
+        return np.asarray(obj)  # a plain ndarray view of the unpickler's _CheckedArray
     if isinstance(obj, list | tuple):
         _check_list_size(obj, max(count, 1))
         arr = np.asarray(obj)
