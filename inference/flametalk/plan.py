@@ -96,27 +96,22 @@ class Plan:
         return getattr(torch, self.dtype)
 
 
-def _cpu_flags() -> set[str]:
-    """CPU flags as the OS lists them (Linux /proc/cpuinfo); empty where that is not available."""
+def _cpuinfo() -> tuple[set[str], str]:
+    """(CPU flags, model name) as the OS lists them (Linux /proc/cpuinfo, read once); elsewhere (set(), platform's)."""
+    flags: set[str] | None = None
+    model = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
+                if flags is None and line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                elif not model and line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                if flags is not None and model:
+                    break
     except OSError:
         pass
-    return set()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return flags or set(), model or platform.processor() or platform.machine()
 
 
 def _call(obj: Any, name: str) -> bool:
@@ -132,7 +127,7 @@ def detect() -> CpuFeatures:
     """Read this machine's CPU features once per process (torch's own queries first, the OS's flags second)."""
     import torch
 
-    flags = _cpu_flags()
+    flags, model = _cpuinfo()
     cap = torch.backends.cpu.get_cpu_capability()
     mkldnn_ops = getattr(torch.ops, "mkldnn", None)
     onednn = bool(torch.backends.mkldnn.is_available() and mkldnn_ops is not None
@@ -143,7 +138,7 @@ def detect() -> CpuFeatures:
     amx = _call(torch.cpu, "_is_amx_tile_supported")
     return CpuFeatures(
         machine=platform.machine(),
-        model=_cpu_model(),
+        model=model,
         torch_capability=cap,
         avx2=_call(torch.cpu, "_is_avx2_supported") or "avx2" in flags,
         avx512=_call(torch.cpu, "_is_avx512_supported"),
