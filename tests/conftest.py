@@ -1,19 +1,13 @@
-"""Shared test fixtures: paths to ../shared and a checkpoint folder holding the parity vector's (reduced) model."""
+"""pytest fixtures only (the parity vector and a checkpoint folder with its reduced model); importable helpers live in
+`tests/fixtures/`."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PARITY_VECTOR = SHARED / "reference" / "artalk_parity_v1.pt"
-AUDIO_DIR = SHARED / "audio"
+from fixtures.common import PARITY_VECTOR
 
 
 @pytest.fixture(scope="session")
@@ -42,19 +36,3 @@ def parity_checkpoint_dir(parity_vector: dict, tmp_path_factory: pytest.TempPath
     }
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     return folder
-
-
-def run_flametalk(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-                  timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """`python -m flametalk ARGS` in a fresh interpreter (the venv's), capturing text output."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "flametalk", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
-
-
-def one_error_line(stderr: str) -> str:
-    """The single `flametalk: error: ...` line a bad-input run must print (and nothing else)."""
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
-    assert lines[0].startswith("flametalk: error: "), lines[0]
-    return lines[0]

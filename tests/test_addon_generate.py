@@ -17,9 +17,9 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from addon_helpers import ROOT, curves_by_path, keys, scene_state, set_scene_fps, write_wav  # noqa: E402
-from conftest import AUDIO_DIR  # noqa: E402
-from synthetic_head import make_head_arrays  # noqa: E402
+from fixtures.addon import ROOT, curves_by_path, keys, scene_state, set_scene_fps, write_wav  # noqa: E402
+from fixtures.common import AUDIO_DIR  # noqa: E402
+from fixtures.synthetic_head import make_head_arrays  # noqa: E402
 
 from blender_addon import generate, operators_generate, rig, takes, worker_client  # noqa: E402
 from blender_addon.controls import Controls, apply_controls  # noqa: E402

@@ -13,8 +13,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from addon_helpers import ROOT, curves_by_path, keys, scene_state, set_frame, set_scene_fps, write_wav  # noqa: E402
-from synthetic_head import make_head_arrays  # noqa: E402
+from fixtures.addon import ROOT, curves_by_path, keys, scene_state, set_frame, set_scene_fps, write_wav  # noqa: E402
+from fixtures.synthetic_head import make_head_arrays  # noqa: E402
 
 from blender_addon import export, generate, rig, takes  # noqa: E402
 from blender_addon.controls import Controls, apply_controls, quaternion_tolerance  # noqa: E402

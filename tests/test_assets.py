@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import one_error_line, run_flametalk
+from fixtures.common import one_error_line, run_flametalk
 from flametalk import assets
 from flametalk.assets import Asset, download, states
 from flametalk.errors import FlameTalkError

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from conftest import AUDIO_DIR, one_error_line, run_flametalk
+from fixtures.common import AUDIO_DIR, one_error_line, run_flametalk
 from flametalk import audio as audio_mod
 from flametalk.audio import load_audio, load_audio_array
 from flametalk.errors import FlameTalkError

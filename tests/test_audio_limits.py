@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import one_error_line, run_flametalk
+from fixtures.common import one_error_line, run_flametalk
 from flametalk import audio as audio_mod
 from flametalk.audio import MAX_RATE, MAX_SECONDS, MIN_RATE, load_audio, load_audio_array
 from flametalk.errors import FlameTalkError

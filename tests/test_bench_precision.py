@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import PARITY_VECTOR, run_flametalk
+from fixtures.common import PARITY_VECTOR, run_flametalk
 from flametalk import plan as plans
 from flametalk.config import ARTalkConfig
 from flametalk.drift import motion_drift

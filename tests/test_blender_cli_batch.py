@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("bpy")
 
-from addon_helpers import ROOT  # noqa: E402
-from conftest import AUDIO_DIR  # noqa: E402
+from fixtures.addon import ROOT  # noqa: E402
+from fixtures.common import AUDIO_DIR  # noqa: E402
 
 from blender_addon.flame import synthetic  # noqa: E402
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import one_error_line, run_flametalk
+from fixtures.common import one_error_line, run_flametalk
 from flametalk import cli
 from flametalk.hashing import cached_sha256, sha256_file, sidecar_path
 

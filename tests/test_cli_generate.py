@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import AUDIO_DIR, run_flametalk
+from fixtures.common import AUDIO_DIR, run_flametalk
 
 pytest.importorskip("flametalk.pipeline", reason="the model pipeline is not written yet")
 

@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("bpy")
 
-from addon_helpers import ROOT, write_wav  # noqa: E402
+from fixtures.addon import ROOT, write_wav  # noqa: E402
 
 from blender_addon import cli, export  # noqa: E402
 from blender_addon.flame import synthetic  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import AUDIO_DIR
+from fixtures.common import AUDIO_DIR
 from flametalk.audio import load_audio
 from flametalk.checkpoint import load_checkpoint
 from flametalk.constants import MOTION_DIM, STYLE_FRAMES

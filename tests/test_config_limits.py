@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import one_error_line, run_flametalk
+from fixtures.common import one_error_line, run_flametalk
 from flametalk.checkpoint import load_checkpoint
 from flametalk.config import ARTalkConfig
 from flametalk.errors import FlameTalkError

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import AUDIO_DIR, REPO
+from fixtures.common import AUDIO_DIR, REPO
 
 pytest.importorskip("bpy")
 from blender_addon.flame import synthetic  # noqa: E402

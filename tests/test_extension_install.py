@@ -15,7 +15,7 @@ import time
 import zipfile
 
 import pytest
-from conftest import AUDIO_DIR, REPO
+from fixtures.common import AUDIO_DIR, REPO
 
 pytest.importorskip("bpy")
 from blender_addon.flame import synthetic  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PARITY_VECTOR
+from fixtures.common import PARITY_VECTOR
 from flametalk import plan as plans
 from flametalk.model.audio import build_audio_encoder
 from flametalk.model.fastattn import BmmEncoderSelfAttention, bmm_attention

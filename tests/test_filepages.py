@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import PARITY_VECTOR
+from fixtures.common import PARITY_VECTOR
 from flametalk import filepages
 from flametalk.checkpoint import load_checkpoint, read_state_dict
 from flametalk.pipeline import generate_motion

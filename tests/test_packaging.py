@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from fixtures.common import REPO
 from packaging.requirements import Requirement
 from packaging.version import Version
 

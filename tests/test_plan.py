@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import PARITY_VECTOR, run_flametalk
+from fixtures.common import PARITY_VECTOR, run_flametalk
 from flametalk import plan as plans
 from flametalk.model.featext import TimeMajorFeatureExtractor
 from flametalk.model.int8 import FbgemmInt8Linear, Int8Linear

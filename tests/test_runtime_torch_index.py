@@ -10,7 +10,7 @@ import sys
 import zipfile
 
 import pytest
-from conftest import REPO
+from fixtures.common import REPO
 
 from blender_addon import runtime  # noqa: E402
 

@@ -10,10 +10,10 @@ import soundfile as sf
 
 bpy = pytest.importorskip("bpy")
 
-from addon_helpers import curves_by_path, keys  # noqa: E402
-from conftest import AUDIO_DIR  # noqa: E402
-from synthetic_head import make_head_arrays  # noqa: E402
-from train_support import stage2_quick  # noqa: E402
+from fixtures.addon import curves_by_path, keys  # noqa: E402
+from fixtures.common import AUDIO_DIR  # noqa: E402
+from fixtures.synthetic_head import make_head_arrays  # noqa: E402
+from fixtures.training import stage2_quick  # noqa: E402
 
 from blender_addon import rig, worker_client  # noqa: E402
 from blender_addon.flame import synthetic  # noqa: E402

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from fixtures.training import read_log, stage1_dict, stage1_vq, stage2_dict, train
 from flametalk.train.config import config_from_dict
 from flametalk.train.run import build
-from train_support import read_log, stage1_dict, stage1_vq, stage2_dict, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:stage 2 runs on a randomly initialised audio encoder")
 

@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from fixtures.training import dataset, stage2_quick
 from flametalk.checkpoint import load_checkpoint
 from flametalk.cli import main
 from flametalk.flame import lbs, load_flame, synthetic
@@ -14,7 +15,6 @@ from flametalk.postprocess import postprocess_motion
 from flametalk.train.data import load_split
 from flametalk.train.evaluate import score_motions
 from flametalk.train.metrics import load_masks, lve, mod, split_lips
-from train_support import dataset, stage2_quick
 
 pytestmark = pytest.mark.filterwarnings("ignore:stage 2 runs on a randomly initialised audio encoder")
 

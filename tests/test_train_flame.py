@@ -32,7 +32,7 @@ def test_rodrigues_gradients_are_finite_at_zero():
 def test_stage1_trains_with_lip_and_all_vertex_losses(tmp_path):
     import pickle
 
-    from train_support import stage1_dict, train
+    from fixtures.training import stage1_dict, train
 
     arrays = synthetic.make_arrays(n_verts=150, n_faces=200, seed=5)
     flame = synthetic.write_npz(str(tmp_path / "flame.npz"), arrays)

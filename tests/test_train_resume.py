@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from train_support import read_log, stage1_dict, stage1_vq, stage2_dict, train
+from fixtures.training import read_log, stage1_dict, stage1_vq, stage2_dict, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:stage 2 runs on a randomly initialised audio encoder")
 
@@ -35,7 +35,7 @@ def test_resume_continues_the_same_loss_curve(stage, quantizer, tmp_path):
 
 def test_fine_tuning_starts_from_an_existing_checkpoint(tmp_path):
     """init_from: a studio's fine-tuning run begins where a trained (here: the quick tiny) model left off."""
-    from train_support import stage2_quick
+    from fixtures.training import stage2_quick
 
     base = stage2_quick()
     cfg = stage2_dict(tmp_path / "ft", stage1_vq().export_dir, steps=2, optim={"lr": 1e-6})

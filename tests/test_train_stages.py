@@ -8,17 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from flametalk.checkpoint import load_checkpoint
-from flametalk.config import ARTalkConfig
-from flametalk.model.vae import MotionAutoencoder
-from flametalk.pipeline import generate_motion
-from flametalk.train.config import config_from_dict
-from flametalk.train.data import collate
-from flametalk.train.quantizers import make_train_quantizer
-from flametalk.train.run import build
-from flametalk.train.stage1 import reconstruction_error
-from flametalk.train.stage2 import read_vae_export
-from train_support import (
+from fixtures.training import (
     TINY_HUBERT,
     TINY_WAV2VEC,
     dataset,
@@ -29,6 +19,16 @@ from train_support import (
     train,
     workdir,
 )
+from flametalk.checkpoint import load_checkpoint
+from flametalk.config import ARTalkConfig
+from flametalk.model.vae import MotionAutoencoder
+from flametalk.pipeline import generate_motion
+from flametalk.train.config import config_from_dict
+from flametalk.train.data import collate
+from flametalk.train.quantizers import make_train_quantizer
+from flametalk.train.run import build
+from flametalk.train.stage1 import reconstruction_error
+from flametalk.train.stage2 import read_vae_export
 
 pytestmark = pytest.mark.filterwarnings("ignore:stage 2 runs on a randomly initialised audio encoder")
 

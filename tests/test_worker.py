@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import AUDIO_DIR, REPO
+from fixtures.common import AUDIO_DIR, REPO
 from flametalk.audio import load_audio
 from flametalk.checkpoint import load_checkpoint
 from flametalk.motion_io import load_motion

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO
+from fixtures.common import REPO
 from flametalk import worker as worker_mod
 from flametalk.worker import MAX_DEPTH, MAX_LINE_BYTES, Worker, parse_request
 
