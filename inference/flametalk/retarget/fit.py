@@ -25,7 +25,7 @@ from ..errors import FlameTalkError
 from ..flame.lbs import FLAME_TO_BLENDER
 from ..flame.reader import FlameModel
 from .character import Character, vertex_normals
-from .geometry import closest_on_mesh, decompose_similarity, edge_laplacian, similarity_matrix, umeyama
+from .geometry import closest_on_mesh, decompose_similarity, edge_laplacian, point_to_plane_step, similarity_matrix
 
 NORMAL_DOT = 0.5  # a correspondence whose normals differ by more than 60 degrees is a different surface
 TRIM = 0.85  # ICP keeps this fraction of the nearest normal-consistent pairs
@@ -97,13 +97,15 @@ class Fit:
 def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None = None,
         init: np.ndarray | None = None, unit_m: float | None = None, max_dist_mm: float = 5.0,
         icp_iterations: int = 30, nonrigid_iterations: int = 3, shape_reg: float = 1.0,
-        stiffness: float = 10.0, min_inliers: float = 0.6) -> Fit:
+        stiffness: float = 10.0, min_inliers: float = 0.6, max_turn: float = 30.0) -> Fit:
     """Fit FLAME to the character. face_weights: (N,) 0..1, overrides character.face_weights (> 0.5 = may be
     used); init: 4x4 matrix placing Blender-axes FLAME (metres) in the character's object frame (a hand
     placement); unit_m: metres per character unit (default: m or cm or mm, whichever power of ten is nearest the
     fitted scale); max_dist_mm: farther character vertices are "not face"; shape_reg: cost of a unit identity
-    coefficient, as 1 mm of error at every face point; stiffness: the non-rigid field's edge smoothness.
-    Raises FlameTalkError when the character does not look like a head facing -Y (too few face matches)."""
+    coefficient, as 1 mm of error at every face point; stiffness: the non-rigid field's edge smoothness;
+    max_turn: degrees the fit may rotate away from the starting placement (automatic: facing -Y).
+    Raises FlameTalkError when the character does not look like a head facing -Y: too few face matches, or the
+    fit had to turn or scale the head far from where it started."""
     x = character.rest
     weights = character.face_weights if face_weights is None else np.asarray(face_weights, dtype=np.float64)
     allowed = np.ones(len(x), bool) if weights is None else weights > 0.5
@@ -123,37 +125,54 @@ def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None
     else:
         s, rot, t = initial_similarity(p, xa)
 
-    def pairs(points: np.ndarray, normals: np.ndarray, trim: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(kept mask, target feet on the character's tangent planes, distances) for points in the char frame."""
+    def pairs(points: np.ndarray, normals: np.ndarray, trim: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(kept mask, feet on the character's tangent planes, plane normals, distances) for points in the
+        character frame: nearest character vertex, normals within 60 degrees, the nearest `trim` of those."""
         dist, j = tree.query(points)
         q, nq = xa[j], xna[j]
         foot = points - np.sum((points - q) * nq, axis=1, keepdims=True) * nq
         ok = np.sum(normals * nq, axis=1) > NORMAL_DOT
         keep = ok & (dist <= np.quantile(dist[ok], trim)) if np.count_nonzero(ok) >= 10 else ok
-        return keep, foot, dist
+        return keep, foot, nq, dist
 
-    p_shaped = p
+    s0, rot0 = s, rot
+    p_shaped, shaped_normals = p, vertex_normals(p, flame.faces)
+    identity_steps = 0
     for step in range(icp_iterations + 3):
         pr = p_shaped[region]
-        normals = vertex_normals(p_shaped, flame.faces)[region] @ rot.T
-        keep, foot, _ = pairs(s * pr @ rot.T + t, normals, TRIM)
+        normals = shaped_normals[region] @ rot.T
+        y = s * pr @ rot.T + t
+        keep, foot, nq, _ = pairs(y, normals, TRIM)
         if np.count_nonzero(keep) < 0.2 * len(region):
             break
-        s_new, rot, t = umeyama(pr[keep], foot[keep])
-        if not (np.isfinite(s_new) and s_new > 0):
-            break
-        s = s_new
-        if step >= icp_iterations:  # identity coefficients, alternating with the similarity
-            beta = _fit_identity(shape_dirs[region][keep], (foot[keep] - t) @ rot / s - p[region][keep], shape_reg)
+        # point-to-plane similarity step (converges in a few iterations, also along the face's sliding directions)
+        sigma, d_rot, centre, tau = point_to_plane_step(y[keep], foot[keep], nq[keep])
+        s, rot, t = (1 + sigma) * s, d_rot @ rot, (1 + sigma) * d_rot @ (t - centre) + centre + tau
+        converged = abs(sigma) < 1e-6 and np.linalg.norm(tau) < 1e-6 * s and abs(np.trace(d_rot) - 3) < 1e-10
+        if identity_steps or converged or step >= icp_iterations - 1:
+            if identity_steps == 3:
+                break
+            # identity coefficients, alternating with the similarity
+            target = (foot[keep] - t) @ rot / s - p[region][keep]
+            beta = _fit_identity(shape_dirs[region][keep], target, shape_reg)
             p_shaped = p + np.einsum("vak,k->va", shape_dirs, beta)
+            shaped_normals = vertex_normals(p_shaped, flame.faces)
+            identity_steps += 1
+    p_shaped = p + np.einsum("vak,k->va", shape_dirs, beta)
     y = s * p_shaped @ rot.T + t
     y_normals = vertex_normals(p_shaped, flame.faces) @ rot.T
     mm_per_unit = 1000.0 * unit_m if unit_m else 1000.0 / 10.0 ** np.round(np.log10(max(s, 1e-12)))
     # Convergence: most of FLAME's face must lie on the character's surface, with matching normals.
-    _, foot, dist = pairs(y[region], y_normals[region], 1.0)
-    near = (dist * mm_per_unit < 2 * max_dist_mm) & (
-        np.sum(y_normals[region] * xna[tree.query(y[region])[1]], axis=1) > NORMAL_DOT)
-    if not np.isfinite(s) or s <= 0 or near.mean() < min_inliers:
+    ok, _, nq, dist = pairs(y[region], y_normals[region], 1.0)
+    near = ok & (dist * mm_per_unit < 2 * max_dist_mm)
+    turned = np.degrees(np.arccos(np.clip((np.trace(rot @ rot0.T) - 1) / 2, -1, 1)))
+    if not (np.isfinite(s) and 0.5 < s / s0 < 2) or turned > max_turn:
+        raise FlameTalkError(
+            f"could not fit the FLAME head to character '{character.name}': the fit turned it by {turned:.0f} "
+            f"degrees and scaled it by {s / s0:.2f} (is it a head, +Z up, facing -Y? place the FLAME head over "
+            "it by hand first)")
+    if near.mean() < min_inliers:
         raise FlameTalkError(
             f"could not fit the FLAME head to character '{character.name}': only {100 * near.mean():.0f}% of "
             "FLAME's face lies on its surface (is it a head with a human face, +Z up, facing -Y? place the FLAME "
@@ -213,7 +232,7 @@ def _nonrigid(y: np.ndarray, normals: np.ndarray, faces: np.ndarray, region: np.
     lap = edge_laplacian(faces, n)
     d = np.zeros_like(y)
     for _ in range(iterations):
-        keep, foot, _ = pairs(y[region] + d[region], normals[region], TRIM)
+        keep, foot, _, _ = pairs(y[region] + d[region], normals[region], TRIM)
         idx = region[keep]
         w = np.zeros(n)
         w[idx] = 1.0

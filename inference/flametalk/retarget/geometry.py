@@ -130,3 +130,24 @@ def edge_laplacian(triangles: np.ndarray, n_verts: int) -> sp.csr_matrix:
     adj = sp.coo_matrix((np.ones(len(edges)), (a, b)), shape=(n_verts, n_verts))
     adj = (adj + adj.T).tocsr()
     return (sp.diags(np.asarray(adj.sum(axis=1)).ravel()) - adj).tocsr()
+
+
+def point_to_plane_step(y: np.ndarray, q: np.ndarray, n: np.ndarray, damping: float = 1e-6
+                        ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """One linearised point-to-plane similarity step: (sigma, rot, centre, tau) such that
+    y' = (1 + sigma) rot (y - centre) + centre + tau moves points y (M, 3) toward the planes through q with
+    normals n, minimising sum ((y' - q) . n)^2 (damped: directions the planes do not pin stay put)."""
+    from ..flame.lbs import rodrigues
+
+    centre = y.mean(axis=0)
+    rel = y - centre
+    size2 = float(np.mean(np.sum(rel * rel, axis=1)))
+    # unknowns: sigma, omega (3), tau (3); columns scaled to comparable units (rel is ~head size)
+    jac = np.column_stack([np.sum(rel * n, axis=1), np.cross(rel, n), n])
+    res = -np.sum((y - q) * n, axis=1)
+    norm = np.ones(7)
+    norm[:4] = np.sqrt(size2)
+    jac = jac / norm
+    lhs = jac.T @ jac + damping * len(y) * np.eye(7)
+    x = np.linalg.solve(lhs, jac.T @ res) / norm
+    return float(x[0]), rodrigues(x[1:4]), centre, x[4:7]

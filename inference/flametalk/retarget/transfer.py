@@ -100,12 +100,13 @@ class Transfer:
                 world_loc[:, j] = world_loc[:, p] + np.einsum("tab,tb->ta", world_rot[:, p],
                                                               joints[:, j] - joints[:, p])
         z = np.concatenate([psi, feature], axis=1)
-        posed = self.rest_used[sel] + np.einsum("vak,tk->tva", self.basis[sel], z)
+        n_sel = len(sel)
+        posed = self.rest_used[sel] + (z @ self.basis[sel].reshape(n_sel * 3, -1).T).reshape(c, n_sel, 3)
         w = self.weights_used[sel]  # (S, J)
         out = -posed  # sum_j w_j (R_j (v - J_j) + L_j) - v, with sum_j w_j = 1; one joint at a time keeps
         for j in range(n_j):  # the temporaries (c, S, 3)
             if np.any(w[:, j]):
-                moved = np.einsum("tab,tsb->tsa", world_rot[:, j], posed - joints[:, j, None]) + world_loc[:, j, None]
+                moved = (posed - joints[:, j, None]) @ world_rot[:, j].transpose(0, 2, 1) + world_loc[:, j, None]
                 out += w[:, j, None] * moved
         return out
 
@@ -122,7 +123,7 @@ class Transfer:
         motions; the solve uses `project`)."""
         motion = check_motion(motion)
         z, pose, sel = self._features(motion)
-        disp = np.einsum("vak,tk->tva", self.basis, z)
+        disp = (z @ self.basis.reshape(-1, self.basis.shape[2]).T).reshape(len(z), -1, 3)
         if len(sel):
             disp[:, sel] += self._skinning(motion[:, : self.n_expr], pose, sel)
         out = np.stack([self.interp @ d for d in disp])  # (T, Nf, 3) FLAME native
@@ -153,11 +154,13 @@ class Transfer:
             cross = np.stack([(msel.T @ basis[:, a, :]) for a in range(3)], axis=1)  # (S, 3, nz)
             mss = metric[sel][:, sel].tocsr()
             psi = motion[:, : self.n_expr]
+            g_sel, cross = g[sel].reshape(len(sel) * 3, -1), cross.reshape(len(sel) * 3, -1)
             for start in range(0, len(motion), CHUNK):
                 stop = min(len(motion), start + CHUNK)
                 skin = self._skinning(psi[start:stop], pose[start:stop], sel)  # (c, S, 3)
-                rhs[start:stop] += np.einsum("tsa,sak->tk", skin, g[sel])
-                norms[start:stop] += 2 * np.einsum("tsa,sak,tk->t", skin, cross, z[start:stop])
+                flat = skin.reshape(len(skin), -1)
+                rhs[start:stop] += flat @ g_sel
+                norms[start:stop] += 2 * np.sum((flat @ cross) * z[start:stop], axis=1)
                 for a in range(3):
                     sa = skin[:, :, a]
                     norms[start:stop] += np.sum(sa * (mss @ sa.T).T, axis=1)

@@ -1,0 +1,57 @@
+"""Shape key names: ARKit selection, explicit lists, left/right pairs in the naming styles rigs use."""
+
+from __future__ import annotations
+
+import pytest
+from flametalk.errors import FlameTalkError
+from flametalk.retarget import ARKIT_52, is_arkit, select_keys, symmetry_pairs
+
+
+def test_arkit_has_52_unique_names():
+    assert len(ARKIT_52) == 52 and len(set(ARKIT_52)) == 52
+
+
+@pytest.mark.parametrize("left, right", [
+    ("eyeBlinkLeft", "eyeBlinkRight"),  # ARKit
+    ("eyeBlink_L", "eyeBlink_R"),  # ICT FaceKit
+    ("Blink.L", "Blink.R"),  # Blender
+    ("L_Blink", "R_Blink"),  # prefix
+    ("Left_Blink", "Right_Blink"),
+    ("smile_left", "smile_right"),
+    ("BROW.l", "BROW.r"),
+])
+def test_symmetry_pairs_in_each_naming_style(left, right):
+    names = ["jawOpen", right, "other", left]
+    assert symmetry_pairs(names) == [(3, 1)]
+
+
+def test_pairs_do_not_mix_prefix_and_suffix_styles_or_unpaired_names():
+    names = ["L_brow", "brow_R", "cheekPuff", "lonely_L", "Left", "Right"]
+    assert symmetry_pairs(names) == []
+
+
+def test_directional_pairs_are_left_out_by_default():
+    names = ["jawLeft", "jawRight", "mouthLeft", "mouthRight", "eyeLookIn_L", "eyeLookIn_R", "mouthSmile_L",
+             "mouthSmile_R"]
+    assert symmetry_pairs(names) == [(6, 7)]
+    assert (0, 1) in symmetry_pairs(names, directional=True)
+
+
+def test_arkit_selection_accepts_ict_and_case_variants():
+    names = ["mouthSmile_L", "MOUTHSMILERIGHT", "browInnerUp_L", "cheekRaiser_L", "PupilDilate_R", "eyeBlink.R",
+             "jawOpen", "myCustomShape"]
+    assert select_keys(names, "arkit") == [0, 1, 2, 5, 6]
+    assert is_arkit("tongueOut") and not is_arkit("cheekRaiser_L")
+    assert select_keys(names, "all") == list(range(len(names)))
+
+
+def test_explicit_list_and_unknown_names():
+    names = ["jawOpen", "mouthClose", "Smile"]
+    assert select_keys(names, "smile, jawOpen") == [2, 0]
+    assert select_keys(names, ["mouthClose", "mouthClose"]) == [1]
+    with pytest.raises(FlameTalkError, match="unknown shape key.*jawOpn"):
+        select_keys(names, "jawOpen,jawOpn")
+    with pytest.raises(FlameTalkError, match="no ARKit-named"):
+        select_keys(["a", "b"], "arkit")
+    with pytest.raises(FlameTalkError, match="no shape keys selected"):
+        select_keys(names, " , ")
