@@ -111,6 +111,7 @@ def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None
     allowed = np.ones(len(x), bool) if weights is None else weights > 0.5
     x_normals = vertex_normals(x, character.triangles)
     xa, xna = x[allowed], x_normals[allowed]
+    edge = _boundary(character.triangles, allowed)[allowed]  # partners on an edge of the surface are no partners
     tree = cKDTree(xa)
     c = FLAME_TO_BLENDER
     shape_dirs = np.einsum("ab,vbk->vak", c, flame.shape_dirs)  # (V, 3, n_shape), Blender axes
@@ -123,7 +124,7 @@ def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None
         except ValueError as err:
             raise FlameTalkError(str(err)) from None
     else:
-        s, rot, t = initial_similarity(p, xa)
+        s, rot, t = initial_similarity(p, x)  # the whole mesh: a face group's extent is not the head's
 
     def pairs(points: np.ndarray, normals: np.ndarray, trim: float
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -132,7 +133,7 @@ def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None
         dist, j = tree.query(points)
         q, nq = xa[j], xna[j]
         foot = points - np.sum((points - q) * nq, axis=1, keepdims=True) * nq
-        ok = np.sum(normals * nq, axis=1) > NORMAL_DOT
+        ok = (np.sum(normals * nq, axis=1) > NORMAL_DOT) & ~edge[j]
         keep = ok & (dist <= np.quantile(dist[ok], trim)) if np.count_nonzero(ok) >= 10 else ok
         return keep, foot, nq, dist
 
@@ -148,6 +149,7 @@ def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None
             break
         # point-to-plane similarity step (converges in a few iterations, also along the face's sliding directions)
         sigma, d_rot, centre, tau = point_to_plane_step(y[keep], foot[keep], nq[keep])
+        sigma = float(np.clip(sigma, -0.05, 0.05))  # shrinking onto a flat patch also lowers the error: go slowly
         s, rot, t = (1 + sigma) * s, d_rot @ rot, (1 + sigma) * d_rot @ (t - centre) + centre + tau
         converged = abs(sigma) < 1e-6 and np.linalg.norm(tau) < 1e-6 * s and abs(np.trace(d_rot) - 3) < 1e-10
         if identity_steps or converged or step >= icp_iterations - 1:
@@ -159,6 +161,8 @@ def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None
             p_shaped = p + np.einsum("vak,k->va", shape_dirs, beta)
             shaped_normals = vertex_normals(p_shaped, flame.faces)
             identity_steps += 1
+        if not 0.5 < s / s0 < 2:
+            break  # diverged: reported below
     p_shaped = p + np.einsum("vak,k->va", shape_dirs, beta)
     y = s * p_shaped @ rot.T + t
     y_normals = vertex_normals(p_shaped, flame.faces) @ rot.T
@@ -166,19 +170,37 @@ def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None
     # Convergence: most of FLAME's face must lie on the character's surface, with matching normals.
     ok, _, nq, dist = pairs(y[region], y_normals[region], 1.0)
     near = ok & (dist * mm_per_unit < 2 * max_dist_mm)
+    # FLAME face points beyond the edge of the character's surface (or face group) are not held against it
+    inside = ~edge[tree.query(y[region])[1]]
+    share = near.sum() / max(inside.sum(), 0.3 * len(region))
     turned = np.degrees(np.arccos(np.clip((np.trace(rot @ rot0.T) - 1) / 2, -1, 1)))
     if not (np.isfinite(s) and 0.5 < s / s0 < 2) or turned > max_turn:
         raise FlameTalkError(
             f"could not fit the FLAME head to character '{character.name}': the fit turned it by {turned:.0f} "
             f"degrees and scaled it by {s / s0:.2f} (is it a head, +Z up, facing -Y? place the FLAME head over "
             "it by hand first)")
-    if near.mean() < min_inliers:
+    if share < min_inliers:
         raise FlameTalkError(
-            f"could not fit the FLAME head to character '{character.name}': only {100 * near.mean():.0f}% of "
+            f"could not fit the FLAME head to character '{character.name}': only {100 * share:.0f}% of "
             "FLAME's face lies on its surface (is it a head with a human face, +Z up, facing -Y? place the FLAME "
             "head over it by hand, or limit the fit with a face vertex group)")
-    y = y + _nonrigid(y, y_normals, flame.faces, region, pairs, nonrigid_iterations, stiffness)
+    # the non-rigid step uses every FLAME vertex with a close, normal-consistent partner (not only the face), so
+    # the whole correspondence improves; hair, body and mouth socket stay beyond the distance cap
+    cap = 2 * max_dist_mm / mm_per_unit
+    y = y + _nonrigid(y, y_normals, flame.faces, pairs, nonrigid_iterations, stiffness, cap)
     return _correspond(flame, character, allowed, x_normals, y, s, rot, t, beta, mm_per_unit, max_dist_mm)
+
+
+def _boundary(triangles: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """(N,) True on vertices at the edge of the allowed surface (open mesh borders, the face group's border):
+    a FLAME point whose nearest character vertex is there usually has no true partner (ICP's classic rejection)."""
+    tris = triangles[np.all(allowed[triangles], axis=1)]
+    edges = np.sort(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]), axis=1)
+    uniq, count = np.unique(edges, axis=0, return_counts=True)
+    out = np.zeros(len(allowed), dtype=bool)
+    out[uniq[count == 1].ravel()] = True
+    out[allowed & ~np.isin(np.arange(len(allowed)), tris.ravel())] = True  # allowed vertices in no allowed triangle
+    return out
 
 
 def flame_face_region(p: np.ndarray, normals: np.ndarray) -> np.ndarray:
@@ -223,16 +245,18 @@ def _fit_identity(dirs: np.ndarray, target: np.ndarray, reg: float) -> np.ndarra
     return np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ target.ravel())
 
 
-def _nonrigid(y: np.ndarray, normals: np.ndarray, faces: np.ndarray, region: np.ndarray, pairs, iterations: int,
-              stiffness: float) -> np.ndarray:
-    """Offsets (V, 3) moving FLAME's face region onto the character: per iteration, min over d of
+def _nonrigid(y: np.ndarray, normals: np.ndarray, faces: np.ndarray, pairs, iterations: int, stiffness: float,
+              cap: float) -> np.ndarray:
+    """Offsets (V, 3) moving FLAME onto the character: per iteration, min over d of
     sum_kept |y_i + d_i - foot_i|^2 + stiffness * sum_edges |d_a - d_b|^2 + 1e-3 |d|^2 (all in character units,
-    so the balance does not depend on them)."""
+    so the balance does not depend on them); kept: pairs closer than `cap` (character units)."""
+    region = np.arange(len(y))
     n = len(y)
     lap = edge_laplacian(faces, n)
     d = np.zeros_like(y)
     for _ in range(iterations):
-        keep, foot, _, _ = pairs(y[region] + d[region], normals[region], TRIM)
+        keep, foot, _, dist = pairs(y[region] + d[region], normals[region], TRIM)
+        keep &= dist < cap
         idx = region[keep]
         w = np.zeros(n)
         w[idx] = 1.0

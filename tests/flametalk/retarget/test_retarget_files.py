@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixtures.ict_flame import cached_fit
 from flametalk.errors import FlameTalkError
 from flametalk.retarget import Character, Fit
-
-from fixtures.ict_flame import cached_fit
 
 
 def _tiny(**overrides) -> Character:
