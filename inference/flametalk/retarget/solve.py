@@ -1,8 +1,9 @@
 """Shape key weights per frame by bounded, regularised least squares.
 
-Per frame t, with B the chosen keys' deltas at the face vertices and d_t the face displacement:
-    |B w_t - d_t|^2 + l2 sum_k e_k w_k^2 + l1 sum_k e_k |w_k| + symmetry sum_pairs sqrt(e_L e_R)-weighted
-    (w_L - w_R)^2 + smooth sum_k e_k ((w_t,k - w_t-1,k)^2 + (w_t,k - w_t+1,k)^2)      lo <= w_t <= hi
+With B the chosen keys' deltas at the face vertices and d_t the face displacement of frame t, the weights w
+(T, K) minimise, within lo <= w_t <= hi,
+    sum_t |B w_t - d_t|^2 + l2 sum_t,k e_k w_t,k^2 + l1 sum_t,k e_k |w_t,k|
+    + symmetry sum_t sum_pairs (sqrt(e_L) w_t,L - sqrt(e_R) w_t,R)^2 + smooth sum_t,k e_k (w_t,k - w_t-1,k)^2
 where e_k = |B_k|^2 is key k's energy (its deltas over the face vertices, squared: what weight 1 of it explains).
 The data term and every e_k scale with the head's size squared (and the number of face vertices), so the same
 defaults hold in cm and in m, for dense and sparse meshes, for big and small keys. Only B^T B (K, K),
