@@ -32,7 +32,10 @@ class SolveOptions:
     l1: float = 3e-4
     symmetry: float = 3e-3
     smooth: float = 3e-2
-    sweeps: int = 4
+    sweeps: int = 2
+
+
+_GROUP = 16  # problems sharing a matrix and free set are solved together from this many on
 
 
 def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray, which: np.ndarray | None = None,
@@ -66,10 +69,13 @@ def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray
         target = x[active].copy()
         keys = np.column_stack([which[active, None].astype(np.uint8), np.packbits(free, axis=1)]) if len(q_mats) \
             < 256 else None
-        groups, inverse = np.unique(keys, axis=0, return_inverse=True)
+        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
         inverse = inverse.ravel()
-        for gi in range(len(groups)):
-            rows = np.nonzero(inverse == gi)[0]
+        order = np.argsort(inverse, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        lone = []
+        for gi in np.nonzero(counts >= _GROUP)[0]:  # many problems, one matrix and free set: one factorisation
+            rows = order[starts[gi] : starts[gi + 1]]
             f = free[rows[0]]
             if not f.any():
                 continue
@@ -77,6 +83,15 @@ def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray
             xr = x[active[rows]]
             rhs = q_vec[active[rows]][:, f] - xr[:, ~f] @ q[np.ix_(f, ~f)].T
             target[rows[:, None], np.nonzero(f)[0]] = np.linalg.solve(q[np.ix_(f, f)], rhs.T).T
+        for gi in np.nonzero(counts < _GROUP)[0]:
+            lone.append(order[starts[gi] : starts[gi + 1]])
+        if lone:  # the rest in one batched call, fixed variables pinned by identity rows
+            rows = np.concatenate(lone)
+            fr, xr = free[rows], x[active[rows]]
+            qa = q_mats[which[active[rows]]]
+            system = np.where(fr[:, :, None] & fr[:, None, :], qa, np.eye(k))
+            rhs = np.where(fr, q_vec[active[rows]] - np.einsum("nkl,nl->nk", qa, np.where(fr, 0.0, xr)), xr)
+            target[rows] = np.linalg.solve(system, rhs[:, :, None])[:, :, 0]
         xa = x[active]
         step = target - xa
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -7,8 +7,9 @@ non-root joints, and K_t what skinning adds: nonzero only on vertices weighted t
 A character face vertex i moves by d_t,i = A (sum_k bary_ik D_t,v_k) with A = scale * R_fit @ FLAME_TO_BLENDER.
 
 The solve only needs B^T d_t and |d_t|^2 for its basis B. Both are linear/quadratic in z_t = (psi_t, f_t) plus the
-small skinning part, so they come from matrices precomputed once (FLAME-vertex sized); per frame only the jaw
-region's skinning is evaluated, in chunks. Memory grows with face vertices x keys, never frames x vertices.
+skinning part, which is bilinear in the rotated joints' transforms and z_t (skinning.py), so everything comes
+from matrices precomputed once (FLAME-vertex sized) and per-frame work is O(components^2), independent of the
+mesh sizes. Memory grows with face vertices x keys, never frames x vertices.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from ..flame.contract import EXPR, HEAD_ROT, JAW_ROT, MOTION_DIM
 from ..flame.lbs import FLAME_TO_BLENDER, rodrigues
 from ..flame.reader import FlameModel
 from .fit import Fit
+from .skinning import SkinMoments, augmented_transforms
 
-CHUNK = 256  # frames per skinning chunk: bounds the (chunk, jaw vertices, 3) temporaries
+CHUNK = 256  # frames per chunk for the per-frame transforms (bounds the (chunk, 9 x components) temporaries)
 
 
 def check_motion(motion: np.ndarray) -> np.ndarray:
@@ -85,11 +87,11 @@ class Transfer:
             moving[j] |= moving[parents[j]]
         return np.nonzero(moving)[0]
 
-    def _skinning(self, psi: np.ndarray, pose: np.ndarray, sel: np.ndarray) -> np.ndarray:
-        """(c, |sel|, 3) what skinning adds to the posed vertices `sel` (indices into `used`), FLAME native."""
+    def _world(self, psi: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(rots, world_rot (T, J, 3, 3), world_loc, joints (T, J, 3)): FLAME's kinematic chain, joints
+        regressed from the expression-shaped mesh."""
         c, n_j = len(psi), self.flame.n_joints
         rots = rodrigues(pose.reshape(c, n_j, 3))
-        feature = (rots[:, 1:] - np.eye(3)).reshape(c, -1)
         joints = self.joints0 + np.einsum("jak,tk->tja", self.joints_expr, psi)
         world_rot, world_loc = np.empty_like(rots), np.empty_like(joints)
         for j, p in enumerate(self.flame.parents):
@@ -99,6 +101,14 @@ class Transfer:
                 world_rot[:, j] = world_rot[:, p] @ rots[:, j]
                 world_loc[:, j] = world_loc[:, p] + np.einsum("tab,tb->ta", world_rot[:, p],
                                                               joints[:, j] - joints[:, p])
+        return rots, world_rot, world_loc, joints
+
+    def _skinning(self, psi: np.ndarray, pose: np.ndarray, sel: np.ndarray) -> np.ndarray:
+        """(c, |sel|, 3) what skinning adds to the posed vertices `sel` (indices into `used`), FLAME native
+        (explicit, for `displacements`)."""
+        c, n_j = len(psi), self.flame.n_joints
+        rots, world_rot, world_loc, joints = self._world(psi, pose)
+        feature = (rots[:, 1:] - np.eye(3)).reshape(c, -1)
         z = np.concatenate([psi, feature], axis=1)
         n_sel = len(sel)
         posed = self.rest_used[sel] + (z @ self.basis[sel].reshape(n_sel * 3, -1).T).reshape(c, n_sel, 3)
@@ -137,31 +147,27 @@ class Transfer:
         deltas = np.asarray(deltas, dtype=np.float64)
         flat = deltas.reshape(len(deltas), -1)
         gram = flat @ flat.T
-        back = (deltas @ self.linear).transpose(1, 0, 2)  # B_i^T A: (Nf, K, 3)
-        g = (self.interp.T @ back.reshape(len(self.face), -1)).reshape(len(self.used), -1, 3)  # (U, K, 3)
-        g = g.transpose(0, 2, 1)  # (U, 3, K)
-        live = np.nonzero(np.any(z != 0, axis=0))[0]  # components the motion never uses cost nothing
-        z, basis = z[:, live], self.basis[:, :, live]
+        # G = W^T (B A): each key's deltas rotated back into FLAME's frame and gathered on FLAME's vertices
+        back = [np.einsum("kia,a->ik", deltas, self.linear[:, b]) for b in range(3)]  # 3 x (Nf, K)
+        g = np.ascontiguousarray(np.stack([self.interp.T @ bb for bb in back], axis=1))  # (U, 3, K)
+        # components the motion never uses, or that move none of these vertices, cost nothing
+        live = np.nonzero(np.any(z != 0, axis=0) & np.any(self.basis != 0, axis=(0, 1)))[0]
+        z_live, basis = z[:, live], np.ascontiguousarray(self.basis[:, :, live])
         n_used, nz = len(self.used), len(live)
         basis_flat = basis.reshape(n_used * 3, nz)
-        rhs = z @ (basis_flat.T @ g.reshape(n_used * 3, -1))  # (T, K)
+        rhs = z_live @ (basis_flat.T @ g.reshape(n_used * 3, -1))  # (T, K)
         metric = (self.fit.scale**2) * (self.interp.T @ self.interp).tocsr()  # |A x|^2 = scale^2 |x|^2
         mb = np.stack([metric @ basis[:, a, :] for a in range(3)], axis=1)  # (U, 3, nz)
         quad = basis_flat.T @ mb.reshape(n_used * 3, nz)
-        norms = np.sum((z @ quad) * z, axis=1)
-        if len(sel):
-            msel = metric[:, sel].tocsc()
-            cross = np.stack([(msel.T @ basis[:, a, :]) for a in range(3)], axis=1)  # (S, 3, nz)
-            mss = metric[sel][:, sel].tocsr()
+        norms = np.sum((z_live @ quad) * z_live, axis=1)
+        moving = self._rotated_joints(pose)
+        moving = moving[np.any(self.weights_used[:, moving] > 0, axis=0)] if len(moving) else moving
+        if len(moving):
+            moments = SkinMoments(moving, self.rest_used, basis, self.weights_used, g, metric)
             psi = motion[:, : self.n_expr]
-            g_sel, cross = g[sel].reshape(len(sel) * 3, -1), cross.reshape(len(sel) * 3, -1)
             for start in range(0, len(motion), CHUNK):
                 stop = min(len(motion), start + CHUNK)
-                skin = self._skinning(psi[start:stop], pose[start:stop], sel)  # (c, S, 3)
-                flat = skin.reshape(len(skin), -1)
-                rhs[start:stop] += flat @ g_sel
-                norms[start:stop] += 2 * np.sum((flat @ cross) * z[start:stop], axis=1)
-                for a in range(3):
-                    sa = skin[:, :, a]
-                    norms[start:stop] += np.sum(sa * (mss @ sa.T).T, axis=1)
+                _, world_rot, world_loc, joints = self._world(psi[start:stop], pose[start:stop])
+                moments.add(augmented_transforms(world_rot, world_loc, joints), z_live[start:stop],
+                            rhs[start:stop], norms[start:stop])
         return gram, rhs, norms

@@ -59,6 +59,35 @@ def test_transfer_matches_the_flame_forward_pass():
                                Transfer(model, fitted).displacements(no_jaw), atol=1e-12)
 
 
+class _AllJointsTransfer(Transfer):
+    """Also rotates the neck and the eyes (ARTalk motion never does): several moving joints, nested."""
+
+    def pose(self, motion):
+        psi, pose = super().pose(motion)
+        pose[:, 3:6] = 0.3 * motion[:, 100:103]
+        pose[:, 9:15] = 0.5 * np.concatenate([motion[:, 103:106], motion[:, 100:103]], axis=1)
+        return psi, pose
+
+
+def test_projection_with_several_rotated_joints():
+    model = model_from_arrays(make_arrays(n_verts=300, n_faces=600, seed=5))
+    fitted = _fake_fit(model, 200, seed=3)
+    motion = random_motion(7, seed=8).astype(np.float64)
+    transfer = _AllJointsTransfer(model, fitted)
+    disp = transfer.displacements(motion)
+    deltas = np.random.default_rng(2).normal(size=(4, len(transfer.face), 3))
+    _, rhs, norms = transfer.project(deltas, motion)
+    np.testing.assert_allclose(rhs, np.einsum("kfa,tfa->tk", deltas, disp), rtol=1e-9, atol=1e-9 * np.abs(rhs).max())
+    np.testing.assert_allclose(norms, np.sum(disp**2, axis=(1, 2)), rtol=1e-9)
+    # and the explicit path is FLAME's forward pass with that pose
+    psi, pose = transfer.pose(motion)
+    posed = forward(model, pose, psi, fitted.shape)[0]
+    rest = forward(model, np.zeros((1, 15)), None, fitted.shape)[0]
+    corners = model.faces[fitted.tri[transfer.face]]
+    expect = np.einsum("fk,tfka->tfa", fitted.bary[transfer.face], (posed - rest)[:, corners])
+    np.testing.assert_allclose(disp, expect @ fitted.flame_to_character.T, atol=1e-9 * np.abs(disp).max())
+
+
 def test_box_qp_is_exact():
     rng = np.random.default_rng(0)
     lo, hi = np.array([0.0, 0.0, -1.0, 0.0, 0.2, 0.0]), np.array([1.0, 1.0, 1.0, 2.0, 0.8, 1.0])
