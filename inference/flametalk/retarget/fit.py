@@ -214,19 +214,22 @@ def flame_face_region(p: np.ndarray, normals: np.ndarray) -> np.ndarray:
 
 def initial_similarity(p: np.ndarray, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """(s, I, t) from geometry: both heads +Z up, facing -Y. Scale from the width of the top slab (skull and
-    upper face, so a body or shoulders below do not count), translation putting FLAME's nose tip (its front-most
-    point) on the character's front-most point of that region."""
+    upper face, so a body, shoulders or arms below do not count), translation putting FLAME's nose tip (its
+    front-most point) on the character's front-most point of that region."""
     nose_f = p[np.argmin(p[:, 1])]
     top_f = p[:, 2].max()
     slab_f = top_f - nose_f[2]  # top of head to nose tip
     width_f = _width(p[p[:, 2] >= nose_f[2]])
     top_c = x[:, 2].max()
-    scale = _width(x) / width_f
-    for _ in range(4):  # the slab's height depends on the scale, and the scale on the slab
+    # The head's scale s is a fixed point of s -> width(top slab of height slab_f * s) / width_f. Iterating up
+    # from a thin slab at the crown stops at the head, before the slab reaches shoulders or arms.
+    scale = 0.02 * (top_c - x[:, 2].min()) / slab_f
+    for _ in range(60):
         slab = x[x[:, 2] >= top_c - slab_f * scale]
-        if len(slab) < 4:
+        new = _width(slab) / width_f if len(slab) >= 4 else 2 * scale
+        if abs(new - scale) < 1e-4 * scale:
             break
-        scale = _width(slab) / width_f
+        scale = new
     region = x[(x[:, 2] >= top_c - 1.6 * slab_f * scale)]
     nose_c = region[np.argmin(region[:, 1])]
     trans = nose_c - scale * nose_f

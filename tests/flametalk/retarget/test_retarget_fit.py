@@ -90,3 +90,34 @@ def test_face_weights_limit_the_fit():
     fitted = fit(ict_flame(("jawOpen",)), character, face_weights=weights)
     assert fitted.scale == pytest.approx(100.0, rel=1e-3)
     assert np.all(fitted.tri[weights == 0] == -1) and fitted.n_used > 0.9 * np.count_nonzero(weights)
+
+
+def test_body_and_other_proportions():
+    """A head 8% wider and 5% taller than the model, on a torso with arms out (parts FLAME lacks): the start
+    finds the head, not the arms; the body gets no correspondence; known weights still come through."""
+    from fixtures.ict_flame import ict, smooth_weights
+    from flametalk.retarget import retarget
+
+    head = ict_character(split=0.0, degrees=(0.0, 0.0, 0.0), offset=(0.0, 0.0, 0.0))
+    rng = np.random.default_rng(0)
+    verts, tris = [head.rest * np.array([1.08, 1.0, 1.05])], [head.triangles]
+    for lo, hi in (((-20, -12, -80), (20, 12, -22)), ((-80, -6, -30), (80, 6, -22))):  # torso, arms (cm)
+        points = rng.uniform(lo, hi, size=(3000, 3))
+        tris.append(ConvexHull(points).simplices + sum(len(v) for v in verts))
+        verts.append(points)
+    rest = np.concatenate(verts)
+    deltas = np.zeros((head.n_keys, len(rest), 3), np.float32)
+    deltas[:, : head.n_verts] = head.deltas
+    body = Character(rest=rest, triangles=np.concatenate(tris), names=head.names, deltas=deltas, name="body")
+    keys = tuple(ict().names[i] for i in range(0, 53, 2))
+    flame = ict_flame(keys)
+    fitted = fit(flame, body)
+    assert fitted.scale == pytest.approx(100 * (1.08 * 1.05) ** (1 / 3), rel=0.03)
+    assert fitted.mm_per_unit == 10.0 and fitted.rms_mm < 1.5
+    assert np.all(fitted.tri[head.n_verts :] == -1) and fitted.n_used > 0.85 * head.n_verts
+    truth = smooth_weights(60, len(keys), seed=4)
+    motion = np.zeros((60, 106))
+    motion[:, : len(keys)] = truth
+    result = retarget(flame, body, motion, fitted=fitted)
+    known = [result.names.index(k) for k in keys]
+    assert np.abs(result.weights[:, known] - truth).mean() < 0.05
