@@ -18,7 +18,7 @@ from ..errors import FlameTalkError
 from ..flame.reader import FlameModel
 from .character import Character
 from .fit import Fit, fit
-from .names import ARKIT_52, is_arkit, select_keys, symmetry_pairs
+from .names import ARKIT_52, arkit_name, is_arkit, select_keys, symmetry_pairs
 from .solve import SolveOptions, box_qp, solve
 from .transfer import Transfer, check_motion
 
@@ -64,6 +64,6 @@ def retarget(flame: FlameModel, character: Character, motion: np.ndarray, keys: 
 
 
 __all__ = [
-    "ARKIT_52", "Character", "Fit", "Result", "SolveOptions", "Transfer", "box_qp", "check_motion", "fit",
+    "ARKIT_52", "Character", "Fit", "Result", "SolveOptions", "Transfer", "arkit_name", "box_qp", "check_motion", "fit",
     "is_arkit", "retarget", "select_keys", "solve", "symmetry_pairs",
 ]

@@ -75,6 +75,21 @@ def is_arkit(name: str) -> bool:
     return False
 
 
+def arkit_name(name: str) -> str | None:
+    """The canonical ARKit name a key stands for (`mouthSmile_L` -> `mouthSmileLeft`, `browInnerUp_L` ->
+    `browInnerUp`: one half of an unsided shape), or None. For writing ARKit-layout files (Live Link CSV)."""
+    canon = {n.lower(): n for n in ARKIT_52}
+    low = name.lower()
+    if low in canon:
+        return canon[low]
+    match = re.match(r"^(.+?)[_.](l|r|left|right)$", low)
+    if match:
+        base, side = match.group(1), match.group(2)
+        sided = base + ("left" if side[0] == "l" else "right")
+        return canon.get(sided, canon.get(base))
+    return None
+
+
 def select_keys(names: Sequence[str], keys: str | Sequence[str] = "all") -> list[int]:
     """Indices into `names` of the keys to solve for: "all", "arkit" (ARKit-named ones, see `is_arkit`), or an
     explicit list (or comma-separated string) of names, matched exactly, else case-insensitively.

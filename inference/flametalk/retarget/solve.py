@@ -36,6 +36,7 @@ class SolveOptions:
 
 
 _GROUP = 16  # problems sharing a matrix and free set are solved together from this many on
+_BATCH = 256  # the other problems go to LAPACK in batches of this many (memory: _BATCH x K x K)
 
 
 def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray, which: np.ndarray | None = None,
@@ -85,8 +86,9 @@ def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray
             target[rows[:, None], np.nonzero(f)[0]] = np.linalg.solve(q[np.ix_(f, f)], rhs.T).T
         for gi in np.nonzero(counts < _GROUP)[0]:
             lone.append(order[starts[gi] : starts[gi + 1]])
-        if lone:  # the rest in one batched call, fixed variables pinned by identity rows
-            rows = np.concatenate(lone)
+        lone_rows = np.concatenate(lone) if lone else np.zeros(0, dtype=np.int64)
+        for start in range(0, len(lone_rows), _BATCH):  # the rest batched, fixed variables pinned by identity rows
+            rows = lone_rows[start : start + _BATCH]
             fr, xr = free[rows], x[active[rows]]
             qa = q_mats[which[active[rows]]]
             system = np.where(fr[:, :, None] & fr[:, None, :], qa, np.eye(k))

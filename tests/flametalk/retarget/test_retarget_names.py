@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from flametalk.errors import FlameTalkError
-from flametalk.retarget import ARKIT_52, is_arkit, select_keys, symmetry_pairs
+from flametalk.retarget import ARKIT_52, arkit_name, is_arkit, select_keys, symmetry_pairs
 
 
 def test_arkit_has_52_unique_names():
@@ -55,3 +55,11 @@ def test_explicit_list_and_unknown_names():
         select_keys(["a", "b"], "arkit")
     with pytest.raises(FlameTalkError, match="no shape keys selected"):
         select_keys(names, " , ")
+
+
+def test_arkit_canonical_names():
+    assert arkit_name("mouthSmile_L") == "mouthSmileLeft"
+    assert arkit_name("EYEBLINKRIGHT") == "eyeBlinkRight"
+    assert arkit_name("browInnerUp_R") == "browInnerUp" and arkit_name("cheekPuff.L") == "cheekPuff"
+    assert arkit_name("jawOpen") == "jawOpen"
+    assert arkit_name("cheekRaiser_L") is None and arkit_name("PupilDilate_R") is None

@@ -100,6 +100,12 @@ def test_box_qp_is_exact():
         expected.append(lsq_linear(a, b, bounds=(lo, hi), tol=1e-12, method="bvls").x)
     got = box_qp(np.stack(mats), np.stack(vecs), lo, hi, which=np.arange(12))
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-7)
+    # one shared matrix, 60 nearby problems: most share a free set and go through the grouped path
+    a = rng.normal(size=(20, 6))
+    targets = rng.normal(size=20) + 0.05 * rng.normal(size=(60, 20))
+    got = box_qp(a.T @ a, targets @ a, lo, hi)
+    expected = [lsq_linear(a, b, bounds=(lo, hi), tol=1e-12, method="bvls").x for b in targets]
+    np.testing.assert_allclose(got, np.stack(expected), atol=1e-7)
 
 
 def test_smoothness_sweeps_reach_the_joint_optimum():
