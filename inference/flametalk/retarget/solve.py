@@ -86,14 +86,8 @@ def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray
             target[rows[:, None], np.nonzero(f)[0]] = np.linalg.solve(q[np.ix_(f, f)], rhs.T).T
         for gi in np.nonzero(counts < _GROUP)[0]:
             lone.append(order[starts[gi] : starts[gi + 1]])
-        lone_rows = np.concatenate(lone) if lone else np.zeros(0, dtype=np.int64)
-        for start in range(0, len(lone_rows), _BATCH):  # the rest batched, fixed variables pinned by identity rows
-            rows = lone_rows[start : start + _BATCH]
-            fr, xr = free[rows], x[active[rows]]
-            qa = q_mats[which[active[rows]]]
-            system = np.where(fr[:, :, None] & fr[:, None, :], qa, np.eye(k))
-            rhs = np.where(fr, q_vec[active[rows]] - np.einsum("nkl,nl->nk", qa, np.where(fr, 0.0, xr)), xr)
-            target[rows] = np.linalg.solve(system, rhs[:, :, None])[:, :, 0]
+        if lone:
+            _solve_free(np.concatenate(lone), active, free, x, q_mats, which, q_vec, target)
         xa = x[active]
         step = target - xa
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -121,6 +115,31 @@ def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray
             done[rows[~any_wrong]] = True
         active = active[~done]
     return np.clip(x, lo, hi)
+
+
+def _solve_free(rows: np.ndarray, active: np.ndarray, free: np.ndarray, x: np.ndarray, q_mats: np.ndarray,
+                which: np.ndarray, q_vec: np.ndarray, target: np.ndarray) -> None:
+    """target[rows, free] = the free variables' optimum with the fixed ones held, for problems `rows` (indices
+    into `active`), batched: each problem's free variables are gathered into a compact system padded to a
+    multiple of 8 (padding pinned by identity rows), so the cost follows the free count, not K."""
+    n_free = free[rows].sum(axis=1)
+    size = np.minimum(-(-n_free // 8) * 8, free.shape[1])
+    for m in np.unique(size):
+        if m == 0:
+            continue
+        for chunk in np.array_split(rows[size == m], max(1, int(np.ceil(np.sum(size == m) / _BATCH)))):
+            fr, xr, mat = free[chunk], x[active[chunk]], which[active[chunk]]
+            idx = np.argsort(~fr, axis=1, kind="stable")[:, :m]  # free variables first
+            valid = np.arange(m)[None, :] < fr.sum(axis=1)[:, None]
+            rhs = -_grad(q_mats, mat, q_vec[active[chunk]], np.where(fr, 0.0, xr), np.arange(len(chunk)))
+            sub = q_mats[mat[:, None, None], idx[:, :, None], idx[:, None, :]]  # (n, m, m), gathered directly
+            sub = np.where(valid[:, :, None] & valid[:, None, :], sub, np.eye(m))
+            sub_rhs = np.where(valid, np.take_along_axis(rhs, idx, axis=1), 0.0)
+            sol = np.linalg.solve(sub, sub_rhs[:, :, None])[:, :, 0]
+            out = target[chunk]
+            # padding slots hold fixed variables (sorted after the free ones): they keep their values
+            np.put_along_axis(out, idx, np.where(valid, sol, np.take_along_axis(out, idx, axis=1)), axis=1)
+            target[chunk] = out
 
 
 def _grad(q_mats: np.ndarray, which: np.ndarray, q_vec: np.ndarray, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
