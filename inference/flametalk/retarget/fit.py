@@ -17,9 +17,6 @@ import os
 from dataclasses import dataclass, fields
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
-from scipy.spatial import cKDTree
 
 from ..errors import FlameTalkError
 from ..flame.lbs import FLAME_TO_BLENDER
@@ -112,6 +109,8 @@ def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None
     x_normals = vertex_normals(x, character.triangles)
     xa, xna = x[allowed], x_normals[allowed]
     edge = _boundary(character.triangles, allowed)[allowed]  # partners on an edge of the surface are no partners
+    from scipy.spatial import cKDTree  # scipy is imported on use: character.py and names.py must not need it
+
     tree = cKDTree(xa)
     c = FLAME_TO_BLENDER
     shape_dirs = np.einsum("ab,vbk->vak", c, flame.shape_dirs)  # (V, 3, n_shape), Blender axes
@@ -254,6 +253,9 @@ def _nonrigid(y: np.ndarray, normals: np.ndarray, faces: np.ndarray, pairs, iter
     sum_kept |y_i + d_i - foot_i|^2 + stiffness * sum_edges |d_a - d_b|^2 + 1e-3 |d|^2 (all in character units,
     so the balance does not depend on them); kept: pairs closer than `cap` (character units)."""
     region = np.arange(len(y))
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
     n = len(y)
     lap = edge_laplacian(faces, n)
     d = np.zeros_like(y)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
-from scipy.spatial import cKDTree
+
+if TYPE_CHECKING:  # scipy is imported where used, so importing the package does not need it
+    import scipy.sparse as sp
+    from scipy.spatial import cKDTree
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None,
@@ -88,6 +92,8 @@ def closest_on_mesh(points: np.ndarray, vertices: np.ndarray, triangles: np.ndar
     """For each point (M, 3): the index of the nearest triangle among those around its k nearest mesh vertices,
     the barycentric coordinates (M, 3) and the closest point (M, 3). Exact wherever the true closest triangle
     touches one of those vertices (always, on a reasonably even mesh)."""
+    from scipy.spatial import cKDTree
+
     tree = cKDTree(vertices) if tree is None else tree
     k = min(k, len(vertices))
     _, near = tree.query(points, k=k)
@@ -124,6 +130,8 @@ def closest_on_mesh(points: np.ndarray, vertices: np.ndarray, triangles: np.ndar
 
 def edge_laplacian(triangles: np.ndarray, n_verts: int) -> sp.csr_matrix:
     """Graph Laplacian (V, V) of the mesh's edges (uniform weights): x^T L x = sum over edges |x_a - x_b|^2."""
+    import scipy.sparse as sp
+
     edges = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
     edges = np.unique(np.sort(edges, axis=1), axis=0)
     a, b = edges[:, 0], edges[:, 1]

@@ -12,8 +12,12 @@ O(jaw vertices x components^2); each frame costs O(components^2), whatever the m
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 def augmented_transforms(world_rot: np.ndarray, world_loc: np.ndarray, joints: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ mesh sizes. Memory grows with face vertices x keys, never frames x vertices.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..errors import FlameTalkError
 from ..flame.contract import EXPR, HEAD_ROT, JAW_ROT, MOTION_DIM
@@ -54,6 +53,8 @@ class Transfer:
         corners = flame.faces[fit.tri[self.face]]  # (Nf, 3) FLAME vertices
         self.used, local = np.unique(corners, return_inverse=True)  # (U,) FLAME vertices the face touches
         n_face, n_used = len(self.face), len(self.used)
+        import scipy.sparse as sp  # imported on use: the package itself must import without scipy
+
         rows = np.repeat(np.arange(n_face), 3)
         self.interp = sp.csr_matrix((fit.bary[self.face].astype(np.float64).ravel(), (rows, local.ravel())),
                                     shape=(n_face, n_used))  # (Nf, U) barycentric weights

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flametalk
 import pytest
 from flametalk.errors import FlameTalkError
 from flametalk.retarget import ARKIT_52, arkit_name, is_arkit, select_keys, symmetry_pairs
@@ -63,3 +69,15 @@ def test_arkit_canonical_names():
     assert arkit_name("browInnerUp_R") == "browInnerUp" and arkit_name("cheekPuff.L") == "cheekPuff"
     assert arkit_name("jawOpen") == "jawOpen"
     assert arkit_name("cheekRaiser_L") is None and arkit_name("PupilDilate_R") is None
+
+
+def test_package_imports_without_scipy():
+    """Blender's Python has no scipy: Character and the name helpers must import without it."""
+    code = ("import sys; sys.modules['scipy'] = None\n"
+            "from flametalk.retarget import Character, select_keys, symmetry_pairs, retarget\n"
+            "print(select_keys(['jawOpen', 'eyeBlink_L'], 'arkit'))")
+    root = str(Path(flametalk.__file__).resolve().parents[1])  # this checkout's inference/ folder
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 1]"
