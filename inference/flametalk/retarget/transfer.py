@@ -4,7 +4,9 @@ For motion frame t, FLAME's displacement from its (identity-shaped) rest pose, h
     D_t = E psi_t + P f_t + K_t
 with E the expression basis, psi_t the expression coefficients, P the pose correctives, f_t = (R_j - I) of the
 non-root joints, and K_t what skinning adds: nonzero only on vertices weighted to a rotated joint (the jaw).
-A character face vertex i moves by d_t,i = A (sum_k bary_ik D_t,v_k) with A = scale * R_fit @ FLAME_TO_BLENDER.
+A character face vertex i moves by d_t,i = A (sum_k bary_ik D_t,v_k) with A = scale * R_fit @ FLAME_TO_BLENDER:
+the displacement of its foot point on FLAME's surface (its offset along the normal is carried along unrotated,
+a second-order effect for vertices that lie on the fitted surface).
 
 The solve only needs B^T d_t and |d_t|^2 for its basis B. Both are linear/quadratic in z_t = (psi_t, f_t) plus the
 skinning part, which is bilinear in the rotated joints' transforms and z_t (skinning.py), so everything comes
