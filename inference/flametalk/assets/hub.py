@@ -22,8 +22,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 from urllib.request import Request, urlopen
 
-from . import __version__
-from .errors import FlameTalkError
+from .._version import __version__
+from ..errors import FlameTalkError
 from .hashing import HASH_BLOCK_BYTES, write_sidecar
 
 CHUNK_BYTES = 1 << 20  # 1 MiB per read from the network

@@ -1,8 +1,7 @@
 """Release assets: what to fetch from the model hub, where it lives in the per-user cache, and its state.
 
-Cache folder (first that applies): `--cache DIR`, env FLAMETALK_CACHE, then per platform
-  Linux/other: $XDG_CACHE_HOME/flametalk or ~/.cache/flametalk; macOS: ~/Library/Caches/flametalk;
-  Windows: %LOCALAPPDATA%\\flametalk\\cache.
+Cache folder: `--cache DIR`, else the rule both halves share (flame/contract.py `cache_dir`: env FLAMETALK_CACHE,
+then a per-platform user cache folder).
 Layout inside it:
   artalk/ARTalk_wav2vec.pt, artalk/config.json   the checkpoint folder (`default_checkpoint_dir()`)
   artalk/style_motion/<name>.pt                  release style clips
@@ -20,14 +19,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import FlameTalkError
+from ..errors import FlameTalkError
+from ..flame import contract
+from ..flame.contract import CHECKPOINT_SUBDIR, cache_dir
 
 HUB_URL = "https://huggingface.co"
 ARTALK_REPO = "xg-chu/ARTalk"
 FLAME_REPO = "xg-chu/GAGAvatar"
 REVISION = "main"
-CHECKPOINT_SUBDIR = "artalk"
-STYLE_SUBDIR = "artalk/style_motion"
+STYLE_SUBDIR = f"{CHECKPOINT_SUBDIR}/{contract.STYLE_SUBDIR}"  # the checkpoint folder's style clips
 FLAME_SUBDIR = "flame"
 LOCK_NAME = "assets.lock.json"
 CHECKPOINT_NAME = "ARTalk_wav2vec.pt"
@@ -48,7 +48,7 @@ FLAME_NOTE = (
 
 __all__ = [
     "Asset", "AssetState", "cache_dir", "default_checkpoint_dir", "download", "flame_file", "hub_url",
-    "missing_checkpoint_message", "release_manifest", "states", "style_dir",
+    "missing_checkpoint_message", "release_manifest", "resolve_checkpoint_dir", "states", "style_dir",
 ]  # fmt: skip
 
 
@@ -83,22 +83,6 @@ def release_manifest(style_names: Sequence[str] = KNOWN_STYLES) -> list[Asset]:
     items.append(Asset(FLAME_NAME, FLAME_REPO, f"assets/{FLAME_NAME}", f"{FLAME_SUBDIR}/{FLAME_NAME}", 26_819_643,
                        "b87a1d3513b3df0504f1e1f93bcb85ac01abe4dadf92e75ac08046c4a68403be", flame=True, required=False))
     return items
-
-
-def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The asset cache folder (not created here)."""
-    if override:
-        return Path(override).expanduser()
-    env = os.environ.get("FLAMETALK_CACHE")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "flametalk" / "cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "flametalk"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "flametalk"
 
 
 def default_checkpoint_dir(cache: str | os.PathLike[str] | None = None) -> Path:
@@ -190,7 +174,7 @@ NOT_REVERIFIED = "not re-verified: size ok, sha256 not re-computed (`assets veri
 def _state(asset: Asset, root: Path, lock: dict[str, dict[str, object]], full_hash: bool,
            hashed_now: dict[str, str] | None = None) -> AssetState:
     from .hashing import cached_sha256, read_sidecar, sha256_file, write_sidecar
-    from .hub_download import locked_by_another, part_path
+    from .hub import locked_by_another, part_path
 
     exp = _expected(asset, lock)
     path = root / asset.dest
@@ -265,8 +249,22 @@ def missing_checkpoint_message(cache: str | os.PathLike[str] | None = None) -> s
     return "\n".join([head, *body])
 
 
+def resolve_checkpoint_dir(arg: str | os.PathLike[str] | None, cache: str | os.PathLike[str] | None = None) -> Path:
+    """The checkpoint to load: `arg` when given (it must exist), else the cache's checkpoint folder when it holds the
+    weights and config.json; FlameTalkError (with what to do) otherwise."""
+    if arg:
+        p = Path(arg).expanduser()
+        if not p.exists():
+            raise FlameTalkError(f"checkpoint '{p}' does not exist; pass a checkpoint folder (a .pt + config.json)")
+        return p
+    d = default_checkpoint_dir(cache)
+    if (d / CHECKPOINT_NAME).is_file() and (d / CONFIG_NAME).is_file():
+        return d
+    raise FlameTalkError(missing_checkpoint_message(cache))
+
+
 def _discover_styles(base: str, log: Callable[[str], None]) -> list[str]:
-    from .hub_download import list_folder
+    from .hub import list_folder
 
     listed = list_folder(base, ARTALK_REPO, REVISION, "style_motion", timeout=LISTING_TIMEOUT_S)
     if not listed:
@@ -293,7 +291,7 @@ def download(
     its size, URL and destination) when the hub cannot be reached.
     """
     from .hashing import cached_sha256
-    from .hub_download import HubUnreachable, fetch
+    from .hub import HubUnreachable, fetch
 
     say = log or (lambda msg: print(msg, file=sys.stderr))
     root = cache_dir(cache)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .constants import SAMPLE_RATE
+from ..flame.contract import SAMPLE_RATE
 
 SPEECH_LIKE_SEED = 1234
 
@@ -39,20 +39,21 @@ def test_signal(seconds: float) -> np.ndarray:
 def run_bench(args: argparse.Namespace) -> dict:
     import torch
 
-    from .devices import configure_torch_for_parity, resolve_device
-    from .pipeline import generate_motion
-    from .precision import apply_mode, model_plan, random_init_model
+    from ..decode.pipeline import generate_motion
+    from ..fast.devices import configure_torch_for_parity, resolve_device
+    from ..fast.precision import apply_mode, model_plan
+    from ..model.random_init import random_init_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     configure_torch_for_parity()
     device = resolve_device(args.device)
     if args.checkpoint:
-        from .checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
 
         model = apply_mode(load_checkpoint(args.checkpoint, device=device), args.mode)
     else:
-        from .config import ARTalkConfig
+        from ..model.config import ARTalkConfig
 
         model = random_init_model(ARTalkConfig(), args.mode, device)
     audio = test_signal(args.seconds)
@@ -85,7 +86,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         "plan": model_plan(model).as_dict(),
     }
     if device.type == "cpu":
-        from .plan import detect
+        from ..fast.plan import detect
 
         cpu = detect()
         result["cpu"] = {"model": cpu.model, "capability": cpu.torch_capability}
@@ -101,9 +102,9 @@ def run_bench(args: argparse.Namespace) -> dict:
 def time_retake(model, audio: np.ndarray, sync) -> float:
     """Another take of the same clip with another style, as the warm worker runs it: the first (untimed) take
     leaves the clip's audio conditions in a cache, the timed one reuses them."""
-    from .constants import MOTION_DIM, STYLE_FRAMES
-    from .model.condcache import ConditionCache
-    from .pipeline import generate_motion
+    from ..decode.condcache import ConditionCache
+    from ..decode.pipeline import generate_motion
+    from ..flame.contract import MOTION_DIM, STYLE_FRAMES
 
     cache = ConditionCache()
     generate_motion(model, audio, cache=cache)
@@ -120,7 +121,7 @@ def release_order_generate(model, audio: np.ndarray) -> np.ndarray:
     of the window, weights stay unpacked and the weight norm is recomputed per call (what the release does)."""
     import torch
 
-    from .model.generate import Generator
+    from ..decode.autoregressive import Generator
 
     with torch.inference_mode():
         x = torch.from_numpy(audio)[None].to(model.pos_embed.device)
@@ -145,7 +146,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from .errors import FlameTalkError
+    from ..errors import FlameTalkError
 
     if not args.random_init and not args.checkpoint:
         raise FlameTalkError("bench needs --random-init or --checkpoint PATH")

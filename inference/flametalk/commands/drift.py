@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .constants import EXPR, HEAD_ROT, JAW_ROT
+from ..flame.contract import EXPR, HEAD_ROT, JAW_ROT
 
 JAW_JOINT = 2
 MOUTH_WEIGHT = 0.5  # vertices at least this bound to the jaw count as the mouth region
@@ -29,7 +29,7 @@ def motion_drift(exact: np.ndarray, fast: np.ndarray) -> dict[str, float]:
 
 def lip_error_mm(exact: np.ndarray, fast: np.ndarray, flame: Any) -> dict[str, float]:
     """Per frame: max error over the mouth vertices (LVE-style), then mean and max over frames, in mm."""
-    from .flame.lbs import forward_motion
+    from ..flame.lbs import forward_motion
 
     mouth = np.flatnonzero(flame.weights[:, JAW_JOINT] > MOUTH_WEIGHT)
     va = forward_motion(flame, exact)[:, mouth]
@@ -40,7 +40,7 @@ def lip_error_mm(exact: np.ndarray, fast: np.ndarray, flame: Any) -> dict[str, f
 
 
 def synthetic_flame() -> Any:
-    from .flame.synthetic import make_arrays, model_from_arrays
+    from ..testing.synthetic_flame import make_arrays, model_from_arrays
 
     return model_from_arrays(make_arrays())
 
@@ -48,7 +48,7 @@ def synthetic_flame() -> Any:
 def compare(model_exact, model_fast, audio: np.ndarray, style: np.ndarray | None, flame: Any) -> dict[str, Any]:
     import torch
 
-    from .model.generate import Generator
+    from ..decode.autoregressive import Generator
 
     bits = {}
     motions = {}
@@ -78,7 +78,7 @@ def compare(model_exact, model_fast, audio: np.ndarray, style: np.ndarray | None
 
 
 def parity_vector_drift(vector_path: str, flame: Any) -> dict[str, Any]:
-    from .precision import apply_mode
+    from ..fast.precision import apply_mode
     from .reference import load_vector, model_from_vector
 
     vector = load_vector(vector_path)
@@ -94,9 +94,10 @@ def parity_vector_drift(vector_path: str, flame: Any) -> dict[str, Any]:
 def random_model_drift(seconds: float, flame: Any) -> dict[str, Any]:
     import torch
 
+    from ..fast.precision import apply_mode
+    from ..model.config import ARTalkConfig
+    from ..model.random_init import random_init_model
     from .bench import test_signal
-    from .config import ARTalkConfig
-    from .precision import apply_mode, random_init_model
 
     exact = random_init_model(ARTalkConfig(), "exact")
     fast = apply_mode(random_init_model(ARTalkConfig(), "exact"), "fast")  # same seed -> same weights, then cast
@@ -116,8 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     import torch
 
-    from .devices import configure_torch_for_parity
-    from .errors import FlameTalkError
+    from ..errors import FlameTalkError
+    from ..fast.devices import configure_torch_for_parity
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@
       Speech -> motion .npz (motion (T, 106) float32 at 25 fps + provenance). Default --out: `<audio stem>.motion.npz`
       in the current folder (the audio's folder may be read-only or shared). Default checkpoint: the asset cache.
   devices [--json]
-      What this machine has (CPU features, GPUs) and the kernel plan each mode uses (flametalk/plan.py).
+      What this machine has (CPU features, GPUs) and the kernel plan each mode uses (fast/plan.py).
   reference-run VECTOR.pt OUT.pt
       Run the model of a parity vector on its inputs and save the outputs.
   assets download [--accept-flame-license] | status | verify   [--cache DIR]
@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
-from .errors import FlameTalkError
+from .._version import __version__
+from ..errors import FlameTalkError
 
 PROG = "flametalk"
 EXIT_UNEXPECTED = 1
@@ -55,27 +55,14 @@ def _say(msg: str) -> None:
 # ---- generate ----
 
 
-def _resolve_checkpoint(arg: str | None, cache: str | None) -> Path:
-    from .assets import CHECKPOINT_NAME, CONFIG_NAME, default_checkpoint_dir, missing_checkpoint_message
-
-    if arg:
-        p = Path(arg).expanduser()
-        if not p.exists():
-            raise FlameTalkError(f"checkpoint '{p}' does not exist; pass a checkpoint folder (a .pt + config.json)")
-        return p
-    d = default_checkpoint_dir(cache)
-    if (d / CHECKPOINT_NAME).is_file() and (d / CONFIG_NAME).is_file():
-        return d
-    raise FlameTalkError(missing_checkpoint_message(cache))
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .audio import load_audio
-    from .constants import FPS, SAMPLE_RATE
-    from .devices import configure_torch_for_parity, resolve_device
-    from .motion_io import save_motion
-    from .postprocess import postprocess_motion
-    from .style import load_style
+    from ..assets.store import resolve_checkpoint_dir
+    from ..decode.postprocess import postprocess_motion
+    from ..fast.devices import configure_torch_for_parity, resolve_device
+    from ..flame.contract import MOTION_FPS, SAMPLE_RATE
+    from ..io.audio import load_audio
+    from ..io.motion import save_motion
+    from ..io.style import load_style
 
     audio_path = Path(args.audio).expanduser()
     out = Path(args.out).expanduser() if args.out else Path.cwd() / (audio_path.stem + OUT_SUFFIX)
@@ -87,19 +74,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     audio = load_audio(audio_path)
     style_dir = None
     if args.cache:
-        from .assets import style_dir as cache_style_dir
+        from ..assets.store import style_dir as cache_style_dir
 
         style_dir = cache_style_dir(args.cache)
     style, style_name = load_style(args.style, args.style_start, style_dir=style_dir)
-    ckpt = _resolve_checkpoint(args.checkpoint, args.cache)
+    ckpt = resolve_checkpoint_dir(args.checkpoint, args.cache)
     device = resolve_device(args.device)
     configure_torch_for_parity()
 
     from tqdm import tqdm
 
-    from .checkpoint import checkpoint_provenance, load_checkpoint
-    from .pipeline import generate_motion
-    from .precision import apply_mode
+    from ..decode.pipeline import generate_motion
+    from ..fast.precision import apply_mode
+    from ..io.checkpoint import checkpoint_provenance, load_checkpoint
 
     ckpt_info = checkpoint_provenance(ckpt)
     model = apply_mode(load_checkpoint(ckpt, device=device), args.mode)
@@ -128,14 +115,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             "device": str(device),
             "mode": args.mode,
             "plan": model._plan.as_dict(),
-            "fps": FPS,
+            "fps": MOTION_FPS,
             "sample_rate": SAMPLE_RATE,
             "tf32": False,
         },
         "frames": int(motion.shape[0]),
     }
-    save_motion(out, motion, fps=FPS, provenance=provenance)
-    print(f"wrote {out} ({motion.shape[0]} frames, {motion.shape[0] / FPS:.2f} s at {FPS} fps; "
+    save_motion(out, motion, fps=MOTION_FPS, provenance=provenance)
+    print(f"wrote {out} ({motion.shape[0]} frames, {motion.shape[0] / MOTION_FPS:.2f} s at {MOTION_FPS} fps; "
           f"{args.mode} mode, {model._plan.summary()})")
     return 0
 
@@ -146,7 +133,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_devices(args: argparse.Namespace) -> int:
     import torch
 
-    from .plan import PLAN_ENV, candidate_cpu_plans, choose, features_dict
+    from ..fast.plan import PLAN_ENV, candidate_cpu_plans, choose, features_dict
 
     devices = ["cpu"]
     if torch.cuda.is_available():
@@ -189,7 +176,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _cmd_reference_run(args: argparse.Namespace) -> int:
-    from .devices import configure_torch_for_parity
+    from ..fast.devices import configure_torch_for_parity
 
     vector = Path(args.vector).expanduser()
     if not vector.is_file():
@@ -214,7 +201,7 @@ def _print_states(items: Sequence[Any], root: Path) -> None:
 
 
 def _cmd_assets(args: argparse.Namespace) -> int:
-    from . import assets
+    from ..assets import store as assets
 
     root = assets.cache_dir(args.cache)
     if args.action == "download":
@@ -311,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_arguments(d)
     d.set_defaults(func=drift.command)
 
-    from .train import commands as train_commands  # argparse only: torch loads when a command runs
+    from ..train import commands as train_commands  # argparse only: torch loads when a command runs
 
     train_commands.register_train(sub, [common])
     train_commands.register_evaluate(sub, [common])

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from .checkpoint import model_from_state_dict
-from .config import ARTalkConfig
-from .errors import FlameTalkError
-from .model.artalk import ARTalkModel
-from .model.audio import encode_audio_windows
-from .model.generate import Generator
+from ..decode.autoregressive import Generator
+from ..errors import FlameTalkError
+from ..io.checkpoint import model_from_state_dict
+from ..model.artalk import ARTalkModel
+from ..model.audio_encoder import encode_audio_windows
+from ..model.config import ARTalkConfig
 
 REQUIRED = ("model_config", "wav2vec2_config", "state_dict", "inputs")
 
@@ -54,7 +54,7 @@ def compute_outputs(model: ARTalkModel, inputs: dict[str, torch.Tensor], recompu
     windows per audio-encoder call (default: the device's, generate.default_audio_batch).
     """
     if prepare:
-        from .pipeline import prepare_for_inference
+        from ..decode.pipeline import prepare_for_inference
 
         prepare_for_inference(model)
     device = model.pos_embed.device
@@ -76,7 +76,7 @@ def compute_outputs(model: ARTalkModel, inputs: dict[str, torch.Tensor], recompu
 
 
 def run_reference(vector_path: str | Path, out_path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-    from .devices import configure_torch_for_parity, resolve_device
+    from ..fast.devices import configure_torch_for_parity, resolve_device
 
     configure_torch_for_parity()
     dev = resolve_device(device)

@@ -1,4 +1,4 @@
-"""`python -m flametalk.worker`: the warm inference process the Blender add-on talks to.
+"""`python -m flametalk.commands.worker`: the warm inference process the Blender add-on talks to.
 
 Protocol (version PROTOCOL_VERSION): one JSON object per line. The worker's stdout carries only protocol lines
 (anything else a library prints goes to stderr). The worker speaks first:
@@ -14,7 +14,7 @@ Requests (each has an "id" the answers repeat):
       "plan": {"name": "avx2", "device": "cpu", "mode": "exact", "pack": true, "int8": null, ...}}
      ("audio_cached": the clip's audio conditions were kept from an earlier take on this model, so the audio
      encoder did not run: another style for the same line costs only the decoding; "plan": the kernels the model
-     runs, flametalk/plan.py)
+     runs, fast/plan.py)
   -> {"id": 5, "cmd": "spare_cores", "cores": 1}  CPU threads the model leaves to the caller from now on (the
      batch CLI: one while Blender writes a line, none while it waits); applied at once, from the next 4-s window of
      a running job; jobs run on max(1, threads of "hello" - cores). No answer unless it is bad (an error event).
@@ -54,10 +54,10 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from . import __version__
-from .errors import FlameTalkError
+from .._version import __version__
+from ..errors import FlameTalkError
+from ..flame.contract import PROTOCOL_VERSION
 
-PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 256 * 1024  # one request line, newline excluded
 MAX_DEPTH = 8  # JSON nesting of a request ({"style": {"motion_npy": ...}} is 2)
 MAX_ID_CHARS = 200
@@ -66,7 +66,7 @@ MAX_STYLE_START = 10**9
 MAX_SPARE_CORES = 4096
 EXIT_GRACE_S = 5.0  # after stdin closes: time a running job gets to notice the cancel before the process exits
 COMMANDS = ("generate", "load", "cancel", "spare_cores", "ping", "shutdown")
-MODES = ("exact", "fast")  # flametalk.precision.MODES (not imported here: that module imports torch)
+MODES = ("exact", "fast")  # flametalk.fast.precision.MODES (not imported here: that module imports torch)
 
 
 class Cancelled(Exception):
@@ -298,11 +298,11 @@ class Worker:
                 self.cancelled.discard(rid)
 
     def ensure_model(self, req: dict[str, Any]):
-        from .assets import default_checkpoint_dir
-        from .checkpoint import checkpoint_provenance, load_checkpoint
-        from .devices import configure_torch_for_parity, resolve_device
-        from .model.condcache import ConditionCache
-        from .precision import apply_mode
+        from ..assets.store import default_checkpoint_dir
+        from ..decode.condcache import ConditionCache
+        from ..fast.devices import configure_torch_for_parity, resolve_device
+        from ..fast.precision import apply_mode
+        from ..io.checkpoint import checkpoint_provenance, load_checkpoint
 
         checkpoint = req.get("checkpoint") or str(default_checkpoint_dir())
         device = resolve_device(req.get("device", "auto"))
@@ -320,11 +320,11 @@ class Worker:
         return self.model
 
     def generate(self, req: dict[str, Any]) -> None:
-        from .audio import load_audio
-        from .motion_io import save_motion
-        from .pipeline import generate_motion
-        from .postprocess import postprocess_motion
-        from .style import load_style
+        from ..decode.pipeline import generate_motion
+        from ..decode.postprocess import postprocess_motion
+        from ..io.audio import load_audio
+        from ..io.motion import save_motion
+        from ..io.style import load_style
 
         rid = req.get("id")
         t0 = time.perf_counter()

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constants import FPS, SAMPLE_RATE
-from .artalk import ARTalkModel
-from .audio import encode_audio_windows
+from ..flame.contract import MOTION_FPS, SAMPLE_RATE
+from ..model.artalk import ARTalkModel
+from ..model.audio_encoder import encode_audio_windows
 from .condcache import ConditionCache, audio_key
 
 ProgressFn = Callable[[int, int], None]
@@ -25,7 +25,7 @@ ProgressFn = Callable[[int, int], None]
 
 def frames_for_samples(num_samples: int) -> int:
     """Motion frames for a clip: the release's ceil(samples / 16000 * 25), float arithmetic included."""
-    return math.ceil(num_samples / SAMPLE_RATE * float(FPS))
+    return math.ceil(num_samples / SAMPLE_RATE * float(MOTION_FPS))
 
 
 @dataclass
@@ -58,8 +58,8 @@ class Generator:
         frames = frames_for_samples(N)
         T = self.cfg.window_frames
         padded_frames = math.ceil(frames / T) * T
-        padded = int(padded_frames / float(FPS) * SAMPLE_RATE)
-        per_window = int(T / float(FPS) * SAMPLE_RATE)
+        padded = int(padded_frames / float(MOTION_FPS) * SAMPLE_RATE)
+        per_window = int(T / float(MOTION_FPS) * SAMPLE_RATE)
         audio_BN = torch.cat([audio_BN, audio_BN.new_zeros(B, padded - N)], dim=-1)
         return audio_BN.view(B, -1, per_window).transpose(0, 1)
 
@@ -82,7 +82,7 @@ class Generator:
 
     def zero_motion_codes(self, batch: int, device: torch.device) -> torch.Tensor:
         """Codes of the first window's "previous motion", the quantised zero motion: a constant of the weights, so
-        an inference-prepared model (whose weights never change again) keeps it; ~20 ms of every clip otherwise."""
+        an inference-prepared model (whose weights never change again) keeps it instead of recomputing it for every clip."""
         m = self.model
         codes = getattr(m, "_zero_motion_codes", None)
         if codes is None or codes.device != device:

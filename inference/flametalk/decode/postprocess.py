@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .constants import HEAD_ROT, MOTION_DIM
+from ..flame.contract import HEAD_ROT, MOTION_DIM
 
 SMOOTH_WINDOW = 5  # frames (0.2 s at 25 fps), all channels
 SMOOTH_ORDER = 2

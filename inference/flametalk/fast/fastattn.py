@@ -1,10 +1,10 @@
 """Fast mode's CPU attention: batched GEMMs and a softmax instead of torch's CPU flash-attention kernel.
 
 For this model's shapes (16 heads x 199 tokens in the audio encoder, 12 heads x up to 181 queries over 362 keys in
-the AR transformer, 8 x 200 in the autoencoder, head size 64) the flash kernel runs at ~100 GFLOP/s whatever the
-dtype: its tiles are sized for long sequences. Here: logits = q k^T as an fp32 bmm, softmax in fp32, then the
-probabilities in the input dtype (bf16) times v: 1.3-1.4x faster for the encoder's and the AR's shapes, up to
-2.5x for the AR's one-token scale. The logits stay fp32 on purpose: rounding them to bf16 (one more 1.4x) gave
+the AR transformer, 8 x 200 in the autoencoder, head size 64) the flash kernel runs at the same low rate whatever
+the dtype: its tiles are sized for long sequences. Here: logits = q k^T as an fp32 bmm, softmax in fp32, then the
+probabilities in the input dtype (bf16) times v: faster for the encoder's and the AR's shapes, most for
+the AR's one-token scale (BENCHMARKS.md). The logits stay fp32 on purpose: rounding them to bf16 (faster still) gave
 0.8 % probability error at logit std 3 and doubled the drift from exact mode on a full-size random model
 (4.3 % vs 2.6 % of bits). Exact mode keeps torch's kernel (its fp32 results are what the parity vector checks).
 """

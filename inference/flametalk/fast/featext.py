@@ -4,8 +4,8 @@ transformers runs each layer as Conv1d (channels-first) -> transpose -> LayerNor
 copies of the widest activations per layer. Time-major, a convolution with kernel k and stride s over (T, C) is a
 GEMM over overlapping row windows: window t is the contiguous block of k * C values starting at row s * t, so the
 im2col matrix is a strided view of the input and one copy makes it a GEMM operand; the LayerNorm then runs over
-the contiguous last dimension. Same products as the convolution (bf16 in fast mode), ~30 % less time here.
-int8 was measured too (layers 2-6: another ~12 %) and left out: per-tensor scales over thousands of frames
+the contiguous last dimension. Same products as the convolution (bf16 in fast mode), in less time (BENCHMARKS.md).
+int8 was measured too (layers 2-6) and left out: per-tensor scales over thousands of frames
 compound to 7.6 % feature error through the stack. Output: (B, C, T) like transformers' module.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..filepages import done_with
+from .filepages import done_with
 from .packed import PackedLinear
 
 

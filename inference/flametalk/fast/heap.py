@@ -7,7 +7,7 @@ glibc serves each allocation of 128 KiB or more (raised on the fly up to 32 MiB)
 free, and trims the heap top back to the OS as soon as ~256 KiB lie free there. A 4-s window allocates and frees
 hundreds of such buffers (a 20 MB im2col matrix, 3 MB quantised activations per layer, ...), so each one is
 re-faulted page by page: ~55,000 minor faults per 20-s clip in fast mode, and on a virtual machine a fault costs
-several microseconds (the feature extractor's first layer spent 20 ms of its 25 per window in faults here).
+several microseconds (most of the feature extractor's first layer's time went to faults).
 Serving buffers up to 32 MiB from the heap and not trimming it during generation removes nearly all of them.
 
 Peak memory does not grow (the same buffers were resident while alive); the process keeps up to its peak after a

@@ -4,7 +4,7 @@ On this project's 2-core AVX-512 machine an int8 GEMM runs at ~650-800 GOP/s aga
 linear layers of the audio encoder (121 of its 146 GFLOP per window) and of the AR transformer take about half
 the time. Weights: symmetric int8 per output channel, reordered once for oneDNN. Activations: quantised on every
 call (dynamic), symmetric u8 with zero point 128 so oneDNN can run its VNNI kernel (signed-int8 activations take a
-reference path ~100x slower here). Scale granularity:
+reference path, far slower). Scale granularity:
 - per tensor, for inputs that come straight out of a layer norm (every token has about the same range): oneDNN
   applies scale, bias and the output dtype in the GEMM itself;
 - per token (row) otherwise (attention outputs, GELU outputs, loud vs silent frames): the GEMM runs with unit
@@ -15,7 +15,7 @@ CPUs without VNNI (AVX2 only: AMD Zen 2/3, Intel before Ice Lake) use `FbgemmInt
 linear (fbgemm), which quantises the activations per tensor with their own min and max inside the op. Its AVX2
 kernel adds pairs of u8 x s8 products in 16 bits (vpmaddubsw), which saturates for large activations at both ends
 of the range, so activations get 7 bits there (`reduce_range`): exact again, at twice the rounding step. Which
-kind a model gets is the plan's choice (flametalk/plan.py).
+kind a model gets is the plan's choice (fast/plan.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..filepages import done_with
+from .filepages import done_with
 from .packed import is_exact_gelu
 
 ZERO_POINT = 128  # u8 activations hold round(x / scale) + 128
@@ -52,7 +52,7 @@ def quantize_weight(weight_NK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def quantize_input(x_MK: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(u8 (M, K), fp32 scale: (M, 1) per token or () per tensor).
 
-    Few passes over memory (they cost ~10 % of an int8 GEMM here): x * (1 / scale) + 128.5 truncated to u8 is
+    Few passes over memory (they cost a noticeable share of an int8 GEMM): x * (1 / scale) + 128.5 truncated to u8 is
     round-half-up of x / scale + 128 (values lie in [1.5, 255.5], so truncation is floor)."""
     xf = x_MK.to(torch.float32, copy=True)  # a private copy: written in place below
     amax = xf.abs().amax(dim=1, keepdim=True) if per_token else xf.abs().amax()

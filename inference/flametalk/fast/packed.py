@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..filepages import done_with
+from .filepages import done_with
 
 ROWS_HINT = 200  # typical rows per call (tokens of a window); only tunes the packed layout
 

@@ -265,8 +265,8 @@ def _probe_kernel(kind: str, dtype: str) -> str | None:
     """Run one kernel family on a small layer against fp64; None if it works, else what went wrong."""
     import torch
 
-    from .model import int8 as int8_mod
-    from .model.packed import PackedLinear
+    from . import int8 as int8_mod
+    from .packed import PackedLinear
 
     gen = torch.Generator().manual_seed(7)
     layer = torch.nn.Linear(64, 48)

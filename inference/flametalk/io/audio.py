@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import SAMPLE_RATE
-from .errors import FlameTalkError
+from ..errors import FlameTalkError
+from ..flame.contract import SAMPLE_RATE
 
 READ_BLOCK_FRAMES = 1 << 18  # source frames decoded per block (~5.5 s at 48 kHz; ~2 MB per channel as float32)
 RESAMPLE_QUALITY = "HQ"  # soxr preset: high quality, linear phase

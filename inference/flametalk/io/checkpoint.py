@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from . import filepages
-from .config import ARTalkConfig
-from .errors import FlameTalkError
-from .model.artalk import ARTalkModel
+from ..assets.store import CHECKPOINT_NAME as RELEASE_WEIGHTS_NAME
+from ..assets.store import CONFIG_NAME
+from ..errors import FlameTalkError
+from ..fast import filepages
+from ..model.artalk import ARTalkModel
+from ..model.config import ARTalkConfig
 
-CONFIG_NAME = "config.json"
-RELEASE_WEIGHTS_NAME = "ARTalk_wav2vec.pt"
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Present only when the encoder's config masks time steps during pre-training; never used at inference.
 OPTIONAL_KEYS = ("audio_encoder.masked_spec_embed",)
@@ -63,7 +63,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 
 def checkpoint_provenance(path: str | Path) -> dict[str, str]:
     """Path and sha256 of the weights file load_checkpoint picks and of its config.json (hashes cached beside)."""
-    from .hashing import cached_sha256
+    from ..assets.hashing import cached_sha256
 
     weights, config = resolve_checkpoint(path)
     return {
@@ -135,7 +135,7 @@ def check_finite(state: dict[str, torch.Tensor], weights: Path, file_weights: fi
                  ) -> None:
     """Refuse weights holding NaN or infinity (masks: NaN or +inf), naming the file: such a model only makes NaN.
 
-    One sum per tensor (~0.4 s for the 2 GB release on 2 cores); a tensor whose sum is not finite is then counted
+    One sum per tensor (cheap next to loading); a tensor whose sum is not finite is then counted
     exactly (a finite fp16 tensor may overflow its sum). Pages read here are handed back at once (filepages), so the
     check does not raise the memory a conversion peaks at."""
     bad: list[tuple[str, int]] = []

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .constants import FPS
-from .errors import FlameTalkError
-from .flame import motionfile
-from .flame.motionfile import FPS_KEY, MOTION_KEY, PROVENANCE_KEY, MotionFileError
+from ..errors import FlameTalkError
+from ..flame import motionfile
+from ..flame.contract import MOTION_FPS
+from ..flame.motionfile import FPS_KEY, MOTION_KEY, PROVENANCE_KEY, MotionFileError
 
 DEFAULT_FILE_MODE = 0o644  # permissions of a newly written motion file (POSIX)
 
@@ -48,7 +48,7 @@ def _check_fps(fps: Any, what: str) -> float:
 def save_motion(
     path: str | os.PathLike[str],
     motion: np.ndarray,
-    fps: float = FPS,
+    fps: float = MOTION_FPS,
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write motion (T, 106) to `path` (an .npz; the name is used as given) atomically; returns the path."""

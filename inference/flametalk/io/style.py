@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .constants import MOTION_DIM, STYLE_FRAMES
-from .errors import FlameTalkError
+from ..errors import FlameTalkError
+from ..flame.contract import MOTION_DIM, STYLE_FRAMES
 
 NO_STYLE_NAMES = ("", "none", "default")
 STYLE_SUFFIXES = (".pt", ".pth", ".npy", ".npz")
@@ -38,7 +38,7 @@ def available_styles(style_dir: str | os.PathLike[str] | None = None) -> list[st
 
 
 def _default_style_dir() -> Path:
-    from .assets import style_dir
+    from ..assets.store import style_dir
 
     return style_dir()
 
@@ -103,11 +103,11 @@ def _tensor_from_pt(path: Path, what: str) -> Any:
 
 def _array_from_numpy_file(path: Path, what: str) -> Any:
     if path.suffix.lower() == ".npz":
-        from .motion_io import load_motion
+        from .motion import load_motion
 
         motion, _, _ = load_motion(path)  # validates key, shape, dtype and values with its own messages
         return motion
-    from .flame.motionfile import MotionFileError, check_npy_size
+    from ..flame.motionfile import MotionFileError, check_npy_size
 
     try:
         check_npy_size(path, what)  # the header's declared size against the file's, before np.load allocates it

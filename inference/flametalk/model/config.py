@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import FlameTalkError
+from ..errors import FlameTalkError
 
 # wav2vec2 XLS-R 300M, the release's audio encoder: built offline from these numbers, never fetched from a hub.
 XLSR_300M_CONFIG: dict[str, Any] = {

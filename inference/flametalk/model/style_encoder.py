@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ARTalkConfig
+from .config import ARTalkConfig
 
 
 class SinusoidalTable(nn.Module):

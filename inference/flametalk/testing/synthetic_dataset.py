@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import FPS, MOTION_DIM, SAMPLE_RATE
+from ..flame.contract import MOTION_DIM, MOTION_FPS, SAMPLE_RATE
 
 
 def envelope(seconds: float, rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -27,8 +27,8 @@ def envelope(seconds: float, rate: float, rng: np.random.Generator) -> np.ndarra
 def synthetic_clip(seconds: float, seed: int, audio_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
     """(audio at `audio_rate` float32, motion (ceil(seconds * 25), 106) float32)."""
     rng = np.random.default_rng(seed)
-    frames = int(np.ceil(seconds * FPS - 1e-9))
-    env_hi = envelope(frames / FPS, 1000.0, rng)  # fine grid shared by audio and motion
+    frames = int(np.ceil(seconds * MOTION_FPS - 1e-9))
+    env_hi = envelope(frames / MOTION_FPS, 1000.0, rng)  # fine grid shared by audio and motion
     t_audio = np.arange(int(round(seconds * audio_rate))) / audio_rate
     env_audio = np.interp(t_audio, np.arange(env_hi.size) / 1000.0, env_hi)
     carrier = 0.6 * np.sin(2 * np.pi * rng.uniform(120, 220) * t_audio) + 0.4 * rng.standard_normal(t_audio.size)
@@ -59,7 +59,7 @@ def write_synthetic_dataset(root: str | Path, n_clips: int = 6, seconds: float =
         audio, motion = synthetic_clip(seconds, seed * 1000 + i, rate)
         name = f"clip_{i:02d}"
         sf.write(str(root / f"{name}.wav"), audio, rate, subtype="FLOAT")
-        np.savez(root / f"{name}.npz", motion=motion, fps=np.float64(FPS))
+        np.savez(root / f"{name}.npz", motion=motion, fps=np.float64(MOTION_FPS))
         names.append(name)
     split = {"train": names[:-2] if n_clips > 2 else names, "val": names[-2:-1], "test": names[-1:]}
     (root / "split.json").write_text(json.dumps(split, indent=1))

@@ -1,11 +1,12 @@
-"""Synthetic FLAME-format files, for tests (FLAME itself is licensed and cannot ship with the project).
+"""Synthetic FLAME-format files for tests and drift checks (FLAME itself is licensed and cannot ship).
 
 The arrays are random but shaped and laid out like the real files:
 - `generic_model.pkl` like FLAME 2020: a Python-2 protocol-2 pickle (byte strings, numpy's py2 reconstruct
   calls) where several arrays are `chumpy.ch.Ch` objects and J_regressor is a `scipy.sparse.csc.csc_matrix`;
 - `flame2023.pkl`: a Python-3 pickle of numpy arrays with a `scipy.sparse._csc.csc_matrix` J_regressor;
 - `FLAME_with_eye.pt`: torch.save of {'flame_model': {...tensors...}, 'lmk_embeddings': ..., ...} (needs torch);
-- `.npz` with the same keys; and a malicious pickle whose `__reduce__` would run os.system.
+- `.npz` with the same keys.
+Hostile files (a pickle that would run a command, files declaring huge arrays) are in tests/fixtures/hostile_files.py.
 The pickles are emitted opcode by opcode because chumpy/scipy must not be needed (a normal Pickler would import
 them to check the class names it writes).
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .reader import JOINT_NAMES, N_SHAPE, FlameModel, validate
+from ..flame.reader import JOINT_NAMES, N_SHAPE, FlameModel, validate
 
 FULL_VERTS, FULL_FACES = 5023, 9976  # FLAME 2020 sizes
 
@@ -28,13 +29,6 @@ class _Obj:
 
     def __init__(self, module: str, name: str, state: dict[str, Any]):
         self.module, self.name, self.state = module, name, state
-
-
-class _Call:
-    """A `module.name(*args)` REDUCE (what a malicious __reduce__ produces)."""
-
-    def __init__(self, module: str, name: str, args: tuple):
-        self.module, self.name, self.args = module, name, args
 
 
 class _Emitter:
@@ -119,10 +113,6 @@ class _Emitter:
             out += b")\x81"  # EMPTY_TUPLE, NEWOBJ
             self.emit(obj.state)
             out += b"b"
-        elif isinstance(obj, _Call):
-            self.global_(obj.module, obj.name)
-            self.emit(obj.args)
-            out += b"R"
         else:
             raise TypeError(f"cannot emit {type(obj).__name__}")
 
@@ -230,44 +220,6 @@ def write_pt(path: str, arrays: dict[str, np.ndarray], faces_dtype: str = "int64
     content = {"flame_model": model, "lmk_embeddings": lmk,
                "lmk_embeddings_mediapipe": {"lmk_face_idx": torch.arange(105)}}
     torch.save(content, path)
-    return path
-
-
-def write_pkl_sparse_shape(path: str, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> str:
-    """A FLAME 2023-style pickle whose J_regressor is a csr_matrix declaring `shape` (its few entries stay in
-    range): densifying it naively asks for rows x cols floats."""
-    dense = np.asarray(arrays["J_regressor"])
-    rows, cols = np.nonzero(dense)  # row-major: the order CSR stores
-    counts = np.bincount(rows, minlength=shape[0])
-    state = {"_shape": tuple(int(n) for n in shape), "maxprint": 50, "format": "csr",
-             "indices": cols.astype(np.int64), "indptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-             "data": dense[rows, cols].astype(np.float64)}
-    content: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items() if k != "J_regressor"}
-    content["J_regressor"] = _Obj("scipy.sparse._csr", "csr_matrix", state)
-    with open(path, "wb") as handle:
-        handle.write(_Emitter(py2=False).dumps(content))
-    return path
-
-
-def write_npz_declaring(path: str, arrays: dict[str, np.ndarray], key: str, shape: tuple[int, ...]) -> str:
-    """An .npz like write_npz whose `key` member is only a .npy header declaring `shape` (float64), no data."""
-    import io
-    import zipfile
-
-    write_npz(path, {k: v for k, v in arrays.items() if k != key})
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
-    with zipfile.ZipFile(path, "a") as archive:
-        archive.writestr(f"{key}.npy", header.getvalue())  # magic + header, nothing after it
-    return path
-
-
-def write_malicious_pkl(path: str, sentinel: str, module: str = "posix") -> str:
-    """A FLAME-looking pickle whose v_template would run `touch sentinel` through os.system when unpickled."""
-    content = {"f": np.zeros((1, 3), dtype=np.uint32),
-               "v_template": _Call(module, "system", (f"touch {sentinel}",))}
-    with open(path, "wb") as handle:
-        handle.write(_Emitter(py2=True).dumps(content))
     return path
 
 
