@@ -15,13 +15,13 @@ import time
 from dataclasses import replace
 
 import torch
-from flametalk import plan as plans
-from flametalk.bench import test_signal
-from flametalk.config import ARTalkConfig
-from flametalk.constants import SAMPLE_RATE
-from flametalk.devices import configure_torch_for_parity
-from flametalk.pipeline import generate_motion
-from flametalk.precision import random_init_model
+from flametalk.commands.bench import test_signal
+from flametalk.decode.pipeline import generate_motion
+from flametalk.fast import plan as plans
+from flametalk.fast.devices import configure_torch_for_parity
+from flametalk.flame.contract import SAMPLE_RATE
+from flametalk.model.config import ARTalkConfig
+from flametalk.model.random_init import random_init_model
 
 
 def parse_variant(spec: str, mode: str) -> plans.Plan:

@@ -82,7 +82,7 @@ class Generator:
 
     def zero_motion_codes(self, batch: int, device: torch.device) -> torch.Tensor:
         """Codes of the first window's "previous motion", the quantised zero motion: a constant of the weights, so
-        an inference-prepared model (whose weights never change again) keeps it instead of recomputing it for every clip."""
+        an inference-prepared model (whose weights never change again) keeps it instead of recomputing it per clip."""
         m = self.model
         codes = getattr(m, "_zero_motion_codes", None)
         if codes is None or codes.device != device:

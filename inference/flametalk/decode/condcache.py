@@ -1,9 +1,10 @@
 """Audio conditions of recent clips, so another take of the same line skips the audio encoder.
 
 An animator re-generates a line with another style, or a pipeline runs the same dialogue with several styles: the
-audio encoder (most of a generation's time on a CPU: BENCHMARKS.md) then computes the same per-window conditions again. They depend
-only on the audio samples and the loaded weights, so the warm worker keeps them for its current model (a new
-model gets a new cache) and a repeated clip reuses them: the same tensors, so the motion is the same bits.
+audio encoder (most of a generation's time on a CPU: BENCHMARKS.md) then computes the same per-window conditions
+again. They depend only on the audio samples and the loaded weights, so the warm worker keeps them for its current
+model (a new model gets a new cache) and a repeated clip reuses them: the same tensors, so the motion is the same
+bits.
 """
 
 from __future__ import annotations
