@@ -1,7 +1,7 @@
 """Kernel plans side by side in one process: each variant's full-size random model is built once, then the
 variants generate the same clip in alternation (A B A B ...), so the machine's drift hits them alike.
 
-A variant is a CPU plan name (flametalk/plan.py), optionally with fields changed: `avx2`, `generic`,
+A variant is a CPU plan name (flametalk/fast/plan.py), optionally with fields changed: `avx2`, `generic`,
 `avx2:attention=bmm`, `avx2:int8=none`. Prints each variant's times and its fastest run.
 
     .venv/bin/python scripts/bench_plans.py --mode exact avx2 generic

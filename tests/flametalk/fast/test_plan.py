@@ -1,4 +1,4 @@
-"""Kernel plans (flametalk/plan.py): chosen from the CPU's features, forced with FLAMETALK_CPU_PLAN, probed and
+"""Kernel plans (flametalk/fast/plan.py): chosen from the CPU's features, forced with FLAMETALK_CPU_PLAN, probed and
 fallen back from; every plan this host can run is run on the parity vector, in fast mode, and through the CLI and
 the worker. Plans this host cannot run are skipped with the CPU feature they need."""
 
