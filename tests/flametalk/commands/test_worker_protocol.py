@@ -210,9 +210,10 @@ FAKE_WORKER = textwrap.dedent("""
 
 def fake_client(tmp_path: Path, pong: bool) -> WorkerClient:
     package = tmp_path / "fake" / "flametalk"
-    package.mkdir(parents=True)
+    (package / "commands").mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "worker.py").write_text(FAKE_WORKER)
+    (package / "commands" / "__init__.py").write_text("")
+    (package / "commands" / "worker.py").write_text(FAKE_WORKER)
     client = WorkerClient(sys.executable, env={"PYTHONPATH": str(package.parent), "FAKE_PONG": str(int(pong))})
     client.ping_after = 0.3
     client.silence_timeout = 1.5
