@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures.common import PARITY_VECTOR, run_flametalk
+from fixtures.parity import assert_matches
 from flametalk.commands.reference import compute_outputs, load_vector, model_from_vector
 from flametalk.decode.pipeline import generate_motion, prepare_for_inference
 from flametalk.fast import plan as plans
@@ -18,7 +19,6 @@ from flametalk.fast.featext import TimeMajorFeatureExtractor
 from flametalk.fast.int8 import FbgemmInt8Linear, Int8Linear
 from flametalk.fast.packed import PackedLinear
 from flametalk.fast.precision import apply_mode
-from test_parity import assert_matches
 
 HOST = plans.detect()
 AVX2_ONLY = dict(machine="x86_64", model="test", torch_capability="AVX2", avx2=True, avx512=False,

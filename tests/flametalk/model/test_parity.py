@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 from fixtures.common import PARITY_VECTOR
+from fixtures.parity import MOTION_TOL, assert_matches
 from flametalk.commands.reference import compute_outputs, load_vector, model_from_vector
 from flametalk.decode.autoregressive import GPU_AUDIO_BATCH
 
 VECTOR = PARITY_VECTOR
-MOTION_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +18,6 @@ def vector():
     if not VECTOR.is_file():
         pytest.fail(f"parity vector missing: {VECTOR} (../shared must sit beside the checkout)")
     return load_vector(VECTOR)
-
-
-def assert_matches(out: dict, ref: dict) -> None:
-    assert set(out) >= set(ref), set(ref) - set(out)
-    for key, want in ref.items():
-        got = out[key]
-        assert got.shape == want.shape, (key, got.shape, want.shape)
-        if want.dtype.is_floating_point:
-            err = (got.float() - want.float()).abs().max().item()
-            assert err <= MOTION_TOL, f"{key}: max abs error {err:.3e}"
-        else:
-            flipped = (got != want).sum().item()
-            assert flipped == 0, f"{key}: {flipped} of {want.numel()} bits differ"
 
 
 @pytest.mark.parametrize("recompute, prepare, audio_batch", [(False, True, 1), (False, False, 1), (True, False, 1),
