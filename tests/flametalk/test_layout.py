@@ -121,7 +121,8 @@ def test_contract_numbers_are_defined_only_in_flame_contract():
         for node in ast.parse(path.read_text()).body:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
                 node, ast.AnnAssign) else []
-            twice += [f"{name}.{t.id}" for t in targets if isinstance(t, ast.Name) and t.id in CONTRACT_NAMES]
+            names = [n for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]  # a, (b, c) = ...
+            twice += [f"{name}.{n.id}" for n in names if n.id in CONTRACT_NAMES]
     assert not twice, f"defined outside flame/contract.py: {twice}"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FlameTalkError
+from ..flame.contract import MOTION_DIM
 
 # wav2vec2 XLS-R 300M, the release's audio encoder: built offline from these numbers, never fetched from a hub.
 XLSR_300M_CONFIG: dict[str, Any] = {
@@ -123,7 +124,7 @@ class ARTalkConfig:
     audio_encoder: str = "wav2vec"  # "wav2vec" (release) or "hubert" (paper)
     audio_encoder_config: dict[str, Any] = field(default_factory=lambda: dict(XLSR_300M_CONFIG))
     # temporal multi-scale motion autoencoder
-    motion_dim: int = 106
+    motion_dim: int = MOTION_DIM
     code_dim: int = 32  # bits per token (binary spherical quantiser); vector width for the VQ codebook
     quantizer: str = "bsq"  # "bsq" (release: binary spherical) or "vq" (paper: codebook of codebook_size vectors)
     codebook_size: int = 256  # VQ only: the paper's 256 x 64 codebook
@@ -181,7 +182,7 @@ class ARTalkConfig:
                 prev_ratio=_whole(ar.get("PREV_RATIO", 1), "AR_CONFIG.PREV_RATIO"),
                 audio_encoder=ar.get("AUDIO_ENCODER", "wav2vec"),
                 audio_encoder_config=dict(audio_cfg) if audio_cfg else dict(XLSR_300M_CONFIG),
-                motion_dim=_whole(vae.get("MOTION_DIM", 106), "VAE_CONFIG.MOTION_DIM"),
+                motion_dim=_whole(vae.get("MOTION_DIM", MOTION_DIM), "VAE_CONFIG.MOTION_DIM"),
                 code_dim=_whole(vae["V_CODE_DIM"], "VAE_CONFIG.V_CODE_DIM"),
                 quantizer=vae.get("QUANTIZER", "bsq"),
                 codebook_size=_whole(vae.get("V_CODEBOOK_SIZE", 256), "VAE_CONFIG.V_CODEBOOK_SIZE"),

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..flame.contract import EXPR, MOTION_DIM
 from ..flame.reader import JOINT_NAMES, N_SHAPE, FlameModel, validate
 
 FULL_VERTS, FULL_FACES = 5023, 9976  # FLAME 2020 sizes
@@ -240,9 +241,9 @@ def random_motion(frames: int, seed: int = 1, expr_scale: float = 1.0, rot_scale
     """ARTalk-layout motion (frames, 106) float32 with smooth-ish random values (for tests)."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 1.0, frames)[:, None]
-    phase = rng.uniform(0, 2 * np.pi, size=(1, 106))
-    freq = rng.uniform(0.5, 3.0, size=(1, 106))
-    motion = np.sin(2 * np.pi * freq * t + phase) * rng.uniform(0.3, 1.0, size=(1, 106))
-    motion[:, :100] *= 2.0 * expr_scale
-    motion[:, 100:] *= rot_scale
+    phase = rng.uniform(0, 2 * np.pi, size=(1, MOTION_DIM))
+    freq = rng.uniform(0.5, 3.0, size=(1, MOTION_DIM))
+    motion = np.sin(2 * np.pi * freq * t + phase) * rng.uniform(0.3, 1.0, size=(1, MOTION_DIM))
+    motion[:, EXPR] *= 2.0 * expr_scale
+    motion[:, EXPR.stop:] *= rot_scale
     return motion.astype(np.float32)

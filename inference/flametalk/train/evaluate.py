@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..flame.contract import STYLE_FRAMES
+from ..flame.contract import MOTION_DIM, STYLE_FRAMES
 from .metrics import MetricAccumulator, load_masks, split_lips, upper_face
 
 UNITS = {"LVE": "m^2", "FDD": "m^2", "MOD": "m", "LVE_dist": "m", "FDD_dist": "m"}
@@ -34,7 +34,7 @@ def flame_vertices(flame: Any, motion: np.ndarray, shape: np.ndarray | None, hea
 def neutral(flame: Any, shape: np.ndarray | None) -> np.ndarray:
     from ..flame.lbs import forward_motion
 
-    return forward_motion(flame, np.zeros((1, 106)), shape)[0]
+    return forward_motion(flame, np.zeros((1, MOTION_DIM)), shape)[0]
 
 
 def score_motions(pairs: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], flame: Any,
