@@ -136,3 +136,11 @@ def test_the_shared_flame_package_imports_only_itself_numpy_and_the_standard_lib
                 for alias in node.names:
                     assert alias.name.split(".")[0] in allowed, f"{path.name}: import {alias.name}"
     assert not (PKG / "flame" / "synthetic.py").exists()  # test-file generators do not ship with the add-on
+
+
+def test_the_contract_and_the_worker_module_load_without_numpy_or_torch():
+    """A bare Python (the add-on's check of a runtime) must reach the worker's own 'torch is not installed'."""
+    proc = _run("import sys\n"
+                "sys.modules['numpy'] = sys.modules['torch'] = None\n"
+                "import flametalk, flametalk.flame.contract, flametalk.commands.worker, flametalk.commands.main\n")
+    assert proc.returncode == 0, proc.stderr
