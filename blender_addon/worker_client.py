@@ -73,7 +73,7 @@ class WorkerClient:
         flags = subprocess.CREATE_NO_WINDOW if sys.platform == "win32" else 0
         try:
             self.proc = subprocess.Popen(
-                [self.python, "-m", "flametalk.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [self.python, "-m", "flametalk.commands.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1, env=env, creationflags=flags,
             )
         except OSError as err:

@@ -28,14 +28,14 @@ def prepare(work: Path) -> tuple[Path, Path, list[Path]]:
     work.mkdir(parents=True, exist_ok=True)
     head = work / "head.npz"
     if not head.exists():
-        from blender_addon.flame import synthetic
+        from flametalk.testing import synthetic_flame as synthetic
 
         synthetic.write_npz(str(head), synthetic.make_arrays())
     checkpoint = work / "checkpoint"
     if not (checkpoint / "config.json").exists():
         import torch
-        from flametalk.config import ARTalkConfig
-        from flametalk.precision import random_init_model
+        from flametalk.model.config import ARTalkConfig
+        from flametalk.model.random_init import random_init_model
 
         checkpoint.mkdir(exist_ok=True)
         cfg = ARTalkConfig()

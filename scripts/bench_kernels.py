@@ -15,9 +15,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from flametalk.model.int8 import FbgemmInt8Linear, Int8Linear, onednn_int8_available
-from flametalk.model.packed import PackedLinear
-from flametalk.plan import detect
+from flametalk.fast.int8 import FbgemmInt8Linear, Int8Linear, onednn_int8_available
+from flametalk.fast.packed import PackedLinear
+from flametalk.fast.plan import detect
 
 SHAPES = [(199, 1024, 1024), (199, 1024, 4096), (199, 4096, 1024),  # audio encoder, one 4-s window
           (181, 1024, 4608), (181, 768, 3072), (25, 768, 768), (5, 768, 3072)]  # AR: AdaLN, FFN, late scales

@@ -1,7 +1,7 @@
 """Kernel plans side by side in one process: each variant's full-size random model is built once, then the
 variants generate the same clip in alternation (A B A B ...), so the machine's drift hits them alike.
 
-A variant is a CPU plan name (flametalk/plan.py), optionally with fields changed: `avx2`, `generic`,
+A variant is a CPU plan name (flametalk/fast/plan.py), optionally with fields changed: `avx2`, `generic`,
 `avx2:attention=bmm`, `avx2:int8=none`. Prints each variant's times and its fastest run.
 
     .venv/bin/python scripts/bench_plans.py --mode exact avx2 generic
@@ -15,13 +15,13 @@ import time
 from dataclasses import replace
 
 import torch
-from flametalk import plan as plans
-from flametalk.bench import test_signal
-from flametalk.config import ARTalkConfig
-from flametalk.constants import SAMPLE_RATE
-from flametalk.devices import configure_torch_for_parity
-from flametalk.pipeline import generate_motion
-from flametalk.precision import random_init_model
+from flametalk.commands.bench import test_signal
+from flametalk.decode.pipeline import generate_motion
+from flametalk.fast import plan as plans
+from flametalk.fast.devices import configure_torch_for_parity
+from flametalk.flame.contract import SAMPLE_RATE
+from flametalk.model.config import ARTalkConfig
+from flametalk.model.random_init import random_init_model
 
 
 def parse_variant(spec: str, mode: str) -> plans.Plan:

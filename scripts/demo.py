@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flametalk import assets
+from flametalk.assets import store as assets
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "Hello! I am a FLAME head, and FlameTalk moved my face from this very sentence."

@@ -20,10 +20,10 @@ bpy = pytest.importorskip("bpy")
 from fixtures.addon import ROOT, curves_by_path, keys, scene_state, set_scene_fps, write_wav  # noqa: E402
 from fixtures.common import AUDIO_DIR  # noqa: E402
 from fixtures.synthetic_head import make_head_arrays  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
 
 from blender_addon import generate, operators_generate, rig, takes, worker_client  # noqa: E402
 from blender_addon.controls import Controls, apply_controls  # noqa: E402
-from blender_addon.flame import synthetic  # noqa: E402
 from blender_addon.keyframes import continuous_quaternions  # noqa: E402
 
 ENG2 = AUDIO_DIR / "eng2.wav"

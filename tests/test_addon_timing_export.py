@@ -15,10 +15,11 @@ bpy = pytest.importorskip("bpy")
 
 from fixtures.addon import ROOT, curves_by_path, keys, scene_state, set_frame, set_scene_fps, write_wav  # noqa: E402
 from fixtures.synthetic_head import make_head_arrays  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
 
 from blender_addon import export, generate, rig, takes  # noqa: E402
 from blender_addon.controls import Controls, apply_controls, quaternion_tolerance  # noqa: E402
-from blender_addon.flame import axis_angle_to_quaternion, synthetic  # noqa: E402
+from blender_addon.flame import axis_angle_to_quaternion  # noqa: E402
 from blender_addon.style_from_action import style_frames  # noqa: E402
 
 MEASURED: dict[str, str] = {}

@@ -13,8 +13,11 @@ bpy = pytest.importorskip("bpy")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from fixtures import hostile_files  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
+
 from blender_addon import cli, rig  # noqa: E402
-from blender_addon.flame import flame_to_blender, forward_motion, load_flame, synthetic  # noqa: E402
+from blender_addon.flame import flame_to_blender, forward_motion, load_flame  # noqa: E402
 
 TOL = 1e-4
 
@@ -46,7 +49,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "folder": str(folder),
         "flame": synthetic.write_pkl_2020(str(folder / "generic_model.pkl"), full),
         "small": small_path,
-        "evil": synthetic.write_malicious_pkl(str(folder / "evil.pkl"), str(folder / "pwned")),
+        "evil": hostile_files.write_malicious_pkl(str(folder / "evil.pkl"), str(folder / "pwned")),
         "motion": str(folder / "motion.npz"),
         "short": str(folder / "short.npz"),
         "garbled": str(folder / "garbled.npz"),

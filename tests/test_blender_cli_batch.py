@@ -13,8 +13,7 @@ pytest.importorskip("bpy")
 
 from fixtures.addon import ROOT  # noqa: E402
 from fixtures.common import AUDIO_DIR  # noqa: E402
-
-from blender_addon.flame import synthetic  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
 
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "no-overlap"])

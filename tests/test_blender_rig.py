@@ -9,6 +9,9 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
+from fixtures import hostile_files  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
+
 from blender_addon import compat, keyframes, registration, rig  # noqa: E402
 from blender_addon.flame import (  # noqa: E402
     JOINT_NAMES,
@@ -17,7 +20,6 @@ from blender_addon.flame import (  # noqa: E402
     forward,
     forward_motion,
     load_flame,
-    synthetic,
 )
 
 TOL = 1e-4  # metres
@@ -30,7 +32,7 @@ def flame_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     arrays = synthetic.make_arrays(seed=5)  # full FLAME size: 5023 vertices, 9976 faces
     shape = np.random.default_rng(6).normal(size=300)
     np.save(folder / "shape.npy", shape)
-    evil = synthetic.write_malicious_pkl(str(folder / "evil.pkl"), str(folder / "pwned"))
+    evil = hostile_files.write_malicious_pkl(str(folder / "evil.pkl"), str(folder / "pwned"))
     (folder / "garbled.pkl").write_bytes(b"\x80\x02" + bytes(range(256)) * 8)
     bad = dict(arrays, posedirs=arrays["posedirs"][:, :, :20])
     return {

@@ -12,7 +12,7 @@ import pytest
 from fixtures.common import AUDIO_DIR, REPO
 
 pytest.importorskip("bpy")
-from blender_addon.flame import synthetic  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
 
 DEMO = str(REPO / "scripts" / "demo.py")
 

@@ -18,7 +18,7 @@ import pytest
 from fixtures.common import AUDIO_DIR, REPO
 
 pytest.importorskip("bpy")
-from blender_addon.flame import synthetic  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
 
 IN_BLENDER = r"""
 import json, os, sys, time

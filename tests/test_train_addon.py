@@ -14,9 +14,9 @@ from fixtures.addon import curves_by_path, keys  # noqa: E402
 from fixtures.common import AUDIO_DIR  # noqa: E402
 from fixtures.synthetic_head import make_head_arrays  # noqa: E402
 from fixtures.training import stage2_quick  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
 
 from blender_addon import rig, worker_client  # noqa: E402
-from blender_addon.flame import synthetic  # noqa: E402
 from blender_addon.keyframes import continuous_quaternions  # noqa: E402
 
 

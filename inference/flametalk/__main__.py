@@ -1,8 +1,8 @@
-"""`python -m flametalk ...`: see flametalk.cli."""
+"""`python -m flametalk ...`: see flametalk.commands.main."""
 
 import sys
 
-from .cli import main
+from .commands.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

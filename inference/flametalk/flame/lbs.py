@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .contract import EXPR, HEAD_ROT, JAW_ROT, MOTION_DIM
 from .reader import FlameModel
 
-MOTION_DIM = 106  # ARTalk frame: 100 expression, 3 head (global) rotation, 3 jaw rotation
-EXPR = slice(0, 100)
-HEAD_ROT = slice(100, 103)
-JAW_ROT = slice(103, 106)
 _CHUNK = 128  # frames per forward-pass chunk
 
 # FLAME (x, y, z) -> Blender (x, -z, y): FLAME is +Y up / face +Z, Blender is +Z up / front view looking along +Y.

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .lbs import MOTION_DIM
+from .contract import MOTION_DIM
 
 MOTION_KEY, FPS_KEY, PROVENANCE_KEY = "motion", "fps", "provenance"
 MIN_FPS, MAX_FPS = 1.0, 1000.0

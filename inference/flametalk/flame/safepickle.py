@@ -230,7 +230,7 @@ def restricted_loads(
     # Fuzz finds: the C unpickler allocates a counted bytes argument's declared size before reading it (a 4-GB claim
     # in a 1-KB file) and grows (and zero-fills) its memo up to any PUT index. Walk the opcodes first in pure Python,
     # which reads only what is there (ValueError past the end), and bound memo indices by the opcodes so far (a
-    # pickler numbers them from 0). ~0.1 s for a 50-MB FLAME pickle.
+    # pickler numbers them from 0).
     for count, (opcode, arg, _pos) in enumerate(pickletools.genops(data)):
         if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= count:
             raise pickle.UnpicklingError(f"memo index {arg} at opcode {count} is out of range")

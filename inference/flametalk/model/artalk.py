@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ARTalkConfig
 from .attention import AttentionFn, attend
-from .audio import build_audio_encoder
-from .style import StyleEncoder
+from .audio_encoder import build_audio_encoder
+from .config import ARTalkConfig
+from .style_encoder import StyleEncoder
 from .vae import MotionAutoencoder
 
 LN_EPS = 1e-6

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ARTalkConfig
 from .attention import AttentionFn, attend
 from .codebook import CodebookQuantizer
+from .config import ARTalkConfig
 from .quantizer import NextScaleInput, bits_to_ar_inputs, bits_to_frame_features, quantize_residual
 
 

@@ -1,4 +1,4 @@
-"""CLI subcommands `train`, `evaluate` and `dataset validate` (registered by flametalk.cli).
+"""CLI subcommands `train`, `evaluate` and `dataset validate` (registered by flametalk.commands.main).
 
 Importing this module is cheap (argparse only): torch and the training code load when a command runs.
 """
@@ -61,7 +61,7 @@ def register_evaluate(sub: Any, parents: Sequence[argparse.ArgumentParser] = ())
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..devices import configure_torch_for_parity, resolve_device
+    from ..fast.devices import configure_torch_for_parity, resolve_device
     from .evaluate import evaluate, format_table, to_json, write_json
 
     configure_torch_for_parity()

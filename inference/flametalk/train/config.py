@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ARTalkConfig
 from ..errors import FlameTalkError
+from ..model.config import ARTalkConfig
 
 
 @dataclass

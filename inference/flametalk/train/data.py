@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import FPS, MOTION_DIM, SAMPLE_RATE
 from ..errors import FlameTalkError
+from ..flame.contract import MOTION_DIM, MOTION_FPS, SAMPLE_RATE
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
+SAMPLES_PER_FRAME = SAMPLE_RATE // MOTION_FPS  # 640
 MAX_SHAPE = 300
 
 
@@ -106,8 +106,8 @@ def read_motion_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     bad = int((~np.isfinite(motion).all(axis=1)).sum())
     if bad:
         raise ValueError(f"motion has NaN/inf in {bad} of {motion.shape[0]} frames")
-    if fps is not None and (np.size(fps) != 1 or abs(float(np.asarray(fps).reshape(())) - FPS) > 1e-6):
-        raise ValueError(f"motion fps is {np.asarray(fps).ravel()[:1]}, expected {FPS}")
+    if fps is not None and (np.size(fps) != 1 or abs(float(np.asarray(fps).reshape(())) - MOTION_FPS) > 1e-6):
+        raise ValueError(f"motion fps is {np.asarray(fps).ravel()[:1]}, expected {MOTION_FPS}")
     if shape is not None:
         if not np.issubdtype(shape.dtype, np.number):
             raise ValueError(f"shape has dtype {shape.dtype}, expected numbers")
@@ -144,7 +144,7 @@ def check_clip(clip: ClipFiles, tolerance: int) -> list[str]:
     else:
         try:
             seconds = audio_seconds(clip.audio_path)
-            expected = math.ceil(seconds * FPS - 1e-6)
+            expected = math.ceil(seconds * MOTION_FPS - 1e-6)
             if frames is not None and abs(frames - expected) > tolerance:
                 problems.append(f"length mismatch: motion {frames} frames, audio {seconds:.2f} s = {expected} "
                                 f"frames (tolerance {tolerance})")
@@ -190,7 +190,7 @@ class Clip:
 def load_split(root: str | Path, split: str, split_file: str = "split.json", tolerance: int = 2,
                report: ValidationReport | None = None) -> tuple[list[Clip], ValidationReport]:
     """Valid clips of one split, loaded into memory (bad clips are skipped and listed in the report)."""
-    from ..audio import load_audio
+    from ..io.audio import load_audio
 
     report = report or validate_dataset(root, split_file, tolerance)
     if split not in report.splits:

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import OPTIONAL_KEYS, normalize_keys
 from ..errors import FlameTalkError
+from ..io.checkpoint import OPTIONAL_KEYS, normalize_keys
 
 PREFIXES = ("wav2vec2.", "hubert.", "audio_encoder.", "model.")
 META_KEYS = ("architectures", "_name_or_path", "transformers_version", "model_type", "torch_dtype", "dtype",

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import STYLE_FRAMES
+from ..flame.contract import MOTION_DIM, STYLE_FRAMES
 from .metrics import MetricAccumulator, load_masks, split_lips, upper_face
 
 UNITS = {"LVE": "m^2", "FDD": "m^2", "MOD": "m", "LVE_dist": "m", "FDD_dist": "m"}
@@ -34,7 +34,7 @@ def flame_vertices(flame: Any, motion: np.ndarray, shape: np.ndarray | None, hea
 def neutral(flame: Any, shape: np.ndarray | None) -> np.ndarray:
     from ..flame.lbs import forward_motion
 
-    return forward_motion(flame, np.zeros((1, 106)), shape)[0]
+    return forward_motion(flame, np.zeros((1, MOTION_DIM)), shape)[0]
 
 
 def score_motions(pairs: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], flame: Any,
@@ -54,10 +54,10 @@ def evaluate(checkpoint: str, data: str, flame_path: str, masks_path: str, split
              split_file: str = "split.json", device: str = "cpu", postprocess: bool = True,
              head_pose: bool = False, style_from_clip: bool = False,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    from ..checkpoint import load_checkpoint
+    from ..decode.pipeline import generate_motion
+    from ..decode.postprocess import postprocess_motion
     from ..flame import load_flame
-    from ..pipeline import generate_motion
-    from ..postprocess import postprocess_motion
+    from ..io.checkpoint import load_checkpoint
     from .data import load_split
 
     flame = load_flame(flame_path)  # cheap checks before the model load

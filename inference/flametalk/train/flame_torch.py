@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..flame.contract import EXPR, HEAD_ROT, JAW_ROT
 from ..flame.reader import FlameModel
-
-EXPR, HEAD_ROT, JAW_ROT = slice(0, 100), slice(100, 103), slice(103, 106)
 
 
 def rodrigues(aa_N3: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,9 @@ Inference quantises without gradients (model/quantizer.py, model/codebook.py). T
 features with straight-through gradients for the encoder, the quantiser's own losses, and (VQ) a codebook refresh
 after optimiser steps. Both forwards pick exactly the codes inference picks for the same encoder output (the
 straight-through expressions add an exact zero), so stage 2 trains on the tokens generation will produce.
+
+This module holds the interface and the BSQ forward; vq.py (the VQ forward) builds on it, and stage1.py picks one
+(`make_train_quantizer`).
 """
 
 from __future__ import annotations
@@ -92,12 +95,3 @@ class BSQTraining:
 
     def load_state(self, state: dict[str, Any]) -> None:
         pass
-
-
-def make_train_quantizer(vae: torch.nn.Module, cfg: QuantConfig, seed: int) -> TrainQuantizer:
-    mcfg = vae.cfg
-    if mcfg.quantizer == "bsq":
-        return BSQTraining(mcfg.patch_nums, mcfg.code_dim, cfg)
-    from .vq import VQTraining
-
-    return VQTraining(vae.quantizer, mcfg.patch_nums, cfg, seed)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_state_dict, resolve_checkpoint
 from ..errors import FlameTalkError
+from ..io.checkpoint import read_state_dict, resolve_checkpoint
 from .config import TrainConfig
 from .data import Clip, ValidationReport, WindowDataset, WindowSpec, load_split, motion_stats
 from .dist import DistContext, init_distributed, shutdown

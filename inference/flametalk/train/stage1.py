@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ARTalkConfig
+from ..model.config import ARTalkConfig
 from ..model.vae import MotionAutoencoder
-from .config import TrainConfig
+from .config import QuantConfig, TrainConfig
 from .dist import DistContext
 from .loop import TrainObjective
-from .quantizers import make_train_quantizer
+from .quantizers import BSQTraining, TrainQuantizer
+from .vq import VQTraining
 
 VAE_EXPORT_NAME = "ARTalk_vae.pt"
 MM = 1000.0  # vertex losses in millimetres
@@ -54,6 +55,14 @@ def new_vae(cfg: ARTalkConfig, mean: np.ndarray, std: np.ndarray, seed: int) -> 
     vae.motion_mean.copy_(torch.from_numpy(mean))
     vae.motion_std.copy_(torch.from_numpy(std))
     return vae
+
+
+
+def make_train_quantizer(vae: torch.nn.Module, cfg: QuantConfig, seed: int) -> TrainQuantizer:
+    mcfg = vae.cfg
+    if mcfg.quantizer == "bsq":
+        return BSQTraining(mcfg.patch_nums, mcfg.code_dim, cfg)
+    return VQTraining(vae.quantizer, mcfg.patch_nums, cfg, seed)
 
 
 class VertexLoss(nn.Module):

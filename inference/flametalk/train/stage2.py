@@ -10,7 +10,7 @@ augmentation corrupts a random fraction of the coarser scales' input codes (neve
 learns to continue from its own imperfect coarse predictions.
 
 Export: `export/ARTalk_<wav2vec|hubert>.pt` (the full model, release key names) + config.json, loadable by
-flametalk.checkpoint.load_checkpoint, `generate`, `bench` and the add-on.
+flametalk.io.checkpoint.load_checkpoint, `generate`, `bench` and the add-on.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import read_state_dict, resolve_checkpoint
-from ..config import ARTalkConfig
 from ..errors import FlameTalkError
+from ..io.checkpoint import read_state_dict, resolve_checkpoint
 from ..model.artalk import ARTalkModel
-from ..model.audio import encode_audio_windows
-from ..precision import sinusoid_table
+from ..model.audio_encoder import encode_audio_windows
+from ..model.config import ARTalkConfig
+from ..model.random_init import sinusoid_table
 from .config import TrainConfig
 from .loop import TrainObjective
 from .stage1 import init_weights, write_export

@@ -1,0 +1,415 @@
+"""`python -m flametalk.commands.worker`: the warm inference process the Blender add-on talks to.
+
+Protocol (version PROTOCOL_VERSION): one JSON object per line. The worker's stdout carries only protocol lines
+(anything else a library prints goes to stderr). The worker speaks first:
+
+  <- {"event": "hello", "protocol": 1, "flametalk": "0.1.0", "torch": "...", "devices": ["cpu", ...], "threads": 2}
+
+Requests (each has an "id" the answers repeat):
+  -> {"id": 1, "cmd": "generate", "audio": "speech.wav", "out": "take.npz", "checkpoint": "DIR",
+      "device": "auto", "mode": "exact", "style": null | "natural_0" | "clip.npy" | {"motion_npy": path},
+      "style_start": 0, "postprocess": true}
+  <- {"event": "progress", "id": 1, "done": 1, "total": 3, "stage": "generate", "threads": 2}
+  <- {"event": "result", "id": 1, "out": "take.npz", "frames": 230, "seconds": 1.8, "audio_cached": false,
+      "plan": {"name": "avx2", "device": "cpu", "mode": "exact", "pack": true, "int8": null, ...}}
+     ("audio_cached": the clip's audio conditions were kept from an earlier take on this model, so the audio
+     encoder did not run: another style for the same line costs only the decoding; "plan": the kernels the model
+     runs, fast/plan.py)
+  -> {"id": 5, "cmd": "spare_cores", "cores": 1}  CPU threads the model leaves to the caller from now on (the
+     batch CLI: one while Blender writes a line, none while it waits); applied at once, from the next 4-s window of
+     a running job; jobs run on max(1, threads of "hello" - cores). No answer unless it is bad (an error event).
+  <- {"event": "error", "id": 1, "message": "one readable line", "kind": "input" | "internal" | "cancelled"}
+  -> {"id": 2, "cmd": "cancel", "target": 1}    (answered by the cancelled job's error event)
+  -> {"id": 3, "cmd": "ping"}                   <- {"event": "pong", "id": 3, "loaded": "DIR|null"}
+  -> {"id": 4, "cmd": "shutdown"}               <- {"event": "bye", "id": 4}
+
+The model stays loaded between requests (same checkpoint, device and mode); a request for another one reloads.
+Requests are read on a separate thread so a cancel arrives while a job runs; jobs run one at a time, in the order
+they came (a client may queue the next job while one runs).
+
+Limits: every request line is checked before anything runs, and a line that breaks a rule is answered by
+{"event": "error", "id": <its id, or null when the id itself is bad>, "kind": "input", "message": "..."}; the worker
+keeps serving. The rules:
+  - a line is at most MAX_LINE_BYTES (256 KiB) of UTF-8 ending in a newline, holding one JSON object nested at
+    most MAX_DEPTH (8) levels deep;
+  - "id" (and cancel's "target") is an integer (|id| < 2**63), a string of at most MAX_ID_CHARS (200) characters,
+    or null; "cmd" is one of COMMANDS;
+  - text fields ("audio", "out", "checkpoint", "device", "style") are strings of at most MAX_TEXT_CHARS (32,768)
+    characters without NUL; "mode" is "exact" or "fast"; "style_start" and "cores" are whole numbers >= 0
+    (at most 10**9 and 4096); "postprocess" is true or false; fields a command does not use are ignored;
+  - after a shutdown request, further jobs are answered "the worker is shutting down" (ping and cancel still work).
+When its stdin closes (the add-on went away) the worker cancels the job in progress at its next window, drops the
+queued ones and exits; if the job has not stopped within EXIT_GRACE_S (5 s) the process exits anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+from .._version import __version__
+from ..errors import FlameTalkError
+from ..flame.contract import PROTOCOL_VERSION
+
+MAX_LINE_BYTES = 256 * 1024  # one request line, newline excluded
+MAX_DEPTH = 8  # JSON nesting of a request ({"style": {"motion_npy": ...}} is 2)
+MAX_ID_CHARS = 200
+MAX_TEXT_CHARS = 32_768  # a path (Windows long paths are at most 32,767 characters)
+MAX_STYLE_START = 10**9
+MAX_SPARE_CORES = 4096
+EXIT_GRACE_S = 5.0  # after stdin closes: time a running job gets to notice the cancel before the process exits
+COMMANDS = ("generate", "load", "cancel", "spare_cores", "ping", "shutdown")
+MODES = ("exact", "fast")  # flametalk.fast.precision.MODES (not imported here: that module imports torch)
+
+
+class Cancelled(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    """A request line that breaks the protocol's rules: answered by an error event of kind "input"."""
+
+    def __init__(self, message: str, rid: Any = None):
+        super().__init__(message)
+        self.rid = rid
+
+
+def _show(value: Any) -> str:
+    """A short description of a bad value for an error message (never the whole of a huge one)."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, [] is 1), without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:  # deeper ones are refused anyway: no need to walk further
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _valid_id(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**63) < value < 2**63
+    return isinstance(value, str) and len(value) <= MAX_ID_CHARS
+
+
+def _text(req: dict[str, Any], key: str, rid: Any, required: bool = False, default: str | None = None) -> str | None:
+    value = req.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"{req['cmd']} needs {key!r} (a string)", rid)
+        return default
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequest(f"{req['cmd']}: {key!r} must be a{' non-empty' if required else ''} string, "
+                         f"got {_show(value)}", rid)
+    if len(value) > MAX_TEXT_CHARS or "\x00" in value:
+        raise BadRequest(f"{req['cmd']}: {key!r} must be at most {MAX_TEXT_CHARS} characters without NUL", rid)
+    return value
+
+
+def _whole(req: dict[str, Any], key: str, rid: Any, default: int, top: int) -> int:
+    value = req.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+        raise BadRequest(f"{req['cmd']}: {key!r} must be a whole number >= 0 (at most {top}), got {_show(value)}",
+                         rid)
+    return value
+
+
+def parse_request(raw: bytes | str) -> dict[str, Any]:
+    """One request line -> the request with its fields checked and defaults filled in; raises BadRequest."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BadRequest(f"bad request line (not UTF-8 text: {err.reason} at byte {err.start})") from None
+    try:
+        req = json.loads(raw)
+    except RecursionError:
+        raise BadRequest(f"bad request line (JSON nested deeper than {MAX_DEPTH} levels)") from None
+    except ValueError as err:
+        raise BadRequest(f"bad request line ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(req, dict):
+        raise BadRequest(f"bad request line (not a JSON object but {_show(req)})")
+    if _depth(req) > MAX_DEPTH:
+        raise BadRequest(f"bad request line (JSON nested deeper than {MAX_DEPTH} levels)")
+    rid = req.get("id")
+    if not _valid_id(rid):
+        raise BadRequest(f"bad request: 'id' must be an integer, a string of at most {MAX_ID_CHARS} characters "
+                         f"or null, got {_show(rid)}")
+    cmd = req.get("cmd")
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
+        raise BadRequest(f"unknown command {_show(cmd)}; use one of {', '.join(COMMANDS)}", rid)
+    out: dict[str, Any] = {"id": rid, "cmd": cmd}
+    if cmd in ("generate", "load"):
+        out["checkpoint"] = _text(req, "checkpoint", rid)
+        out["device"] = _text(req, "device", rid, default="auto")
+        out["mode"] = _text(req, "mode", rid, default="exact")
+        if out["mode"] not in MODES:
+            raise BadRequest(f"{cmd}: 'mode' must be one of {', '.join(MODES)}, got {_show(out['mode'])}", rid)
+    if cmd == "generate":
+        out["audio"] = _text(req, "audio", rid, required=True)
+        out["out"] = _text(req, "out", rid, required=True)
+        style = req.get("style")
+        if isinstance(style, dict):
+            if set(style) != {"motion_npy"}:
+                raise BadRequest("generate: a 'style' object must be {\"motion_npy\": path}", rid)
+            style = style["motion_npy"]
+            out["style"] = _text({"cmd": cmd, "style": style}, "style", rid, required=True)
+        else:
+            out["style"] = _text(req, "style", rid)
+        out["style_start"] = _whole(req, "style_start", rid, 0, MAX_STYLE_START)
+        postprocess = req.get("postprocess", True)
+        if not isinstance(postprocess, bool):
+            raise BadRequest(f"generate: 'postprocess' must be true or false, got {_show(postprocess)}", rid)
+        out["postprocess"] = postprocess
+    elif cmd == "cancel":
+        target = req.get("target")
+        if not _valid_id(target):
+            raise BadRequest(f"cancel: 'target' must be a request id (an integer, a string or null), got "
+                             f"{_show(target)}", rid)
+        out["target"] = target
+    elif cmd == "spare_cores":
+        cores = req.get("cores")
+        if isinstance(cores, bool) or not isinstance(cores, int) or not 0 <= cores <= MAX_SPARE_CORES:
+            raise BadRequest(f"spare_cores: 'cores' must be a whole number >= 0 (at most {MAX_SPARE_CORES}), "
+                             f"got {_show(cores)}", rid)
+        out["cores"] = cores
+    return out
+
+
+class Worker:
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.lock = threading.Lock()
+        self.jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.cancelled: set[Any] = set()
+        self.model = None
+        self.model_key: tuple | None = None
+        self.checkpoint_info: dict[str, str] | None = None  # provenance of the loaded weights
+        self.condition_cache = None  # audio conditions of recent clips, for the loaded model only
+        self.default_threads = 1  # torch's CPU threads at start-up (physical cores, or OMP_NUM_THREADS)
+        self.spare_cores = 0  # threads left to the client (set by its spare_cores command)
+        self.shutting_down = False  # a shutdown request was read: later jobs are refused
+        self.stdin_closed = threading.Event()
+
+    def send(self, **event: Any) -> None:
+        with self.lock:
+            try:
+                self.out.write(json.dumps(event) + "\n")
+                self.out.flush()
+            except (OSError, ValueError):  # the client closed our stdout: it is gone, stdin closes next
+                pass
+
+    # ---- reader thread: requests in, cancels applied at once ----
+    def read_requests(self, inp: BinaryIO | TextIO) -> None:
+        """Read request lines until `inp` closes (binary: the worker's stdin; text streams work too). No line,
+        however malformed, stops this loop; at the end the job loop is told to stop."""
+        try:
+            while True:
+                raw = inp.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    break
+                newline = b"\n" if isinstance(raw, bytes) else "\n"
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(newline):
+                    while raw and not raw.endswith(newline):  # skip the rest of the line, a bounded block at a time
+                        raw = inp.readline(MAX_LINE_BYTES)
+                    self.send(event="error", id=None, kind="input",
+                              message=f"bad request line (longer than {MAX_LINE_BYTES} bytes)")
+                    continue
+                if not raw.strip():
+                    continue
+                try:
+                    self.handle_line(raw)
+                except BadRequest as err:
+                    self.send(event="error", id=err.rid, kind="input", message=str(err))
+                except Exception as err:  # a bug: say what, keep reading
+                    traceback.print_exc(file=sys.stderr)
+                    self.send(event="error", id=None, kind="internal", message=f"{type(err).__name__}: {err}")
+        except Exception:  # reading itself failed (a broken pipe): the same as a closed stdin
+            traceback.print_exc(file=sys.stderr)
+        finally:
+            self.close_input()
+
+    def handle_line(self, raw: bytes | str) -> None:
+        req = parse_request(raw)
+        cmd, rid = req["cmd"], req["id"]
+        if cmd == "cancel":
+            self.cancelled.add(req["target"])
+        elif cmd == "spare_cores":
+            self.spare_cores = req["cores"]
+        elif cmd == "ping":
+            self.send(event="pong", id=rid, loaded=self.model_key[0] if self.model_key else None)
+        elif self.shutting_down:
+            self.send(event="error", id=rid, kind="input", message="the worker is shutting down")
+        else:
+            self.jobs.put(req)
+            if cmd == "shutdown":
+                self.shutting_down = True
+
+    def close_input(self) -> None:
+        """stdin closed (the add-on went away): cancel the running job, drop the queued ones, stop the job loop."""
+        self.stdin_closed.set()
+        self.jobs.put(None)
+
+    # ---- job loop (main thread) ----
+    def serve(self) -> None:
+        while True:
+            req = self.jobs.get()
+            if req is None or self.stdin_closed.is_set():
+                return
+            rid, cmd = req.get("id"), req.get("cmd")
+            if cmd == "shutdown":
+                self.send(event="bye", id=rid)
+                return
+            try:
+                if cmd == "generate":
+                    self.generate(req)
+                elif cmd == "load":
+                    self.ensure_model(req)
+                    self.send(event="loaded", id=rid)
+                else:
+                    raise FlameTalkError(f"unknown command {cmd!r}")
+            except Cancelled:
+                self.send(event="error", id=rid, kind="cancelled", message="cancelled")
+            except FlameTalkError as err:
+                self.send(event="error", id=rid, kind="input", message=str(err))
+            except Exception as err:  # a bug or an environment problem: say what, keep serving
+                traceback.print_exc(file=sys.stderr)
+                self.send(event="error", id=rid, kind="internal", message=f"{type(err).__name__}: {err}")
+            finally:
+                self.cancelled.discard(rid)
+
+    def ensure_model(self, req: dict[str, Any]):
+        from ..assets.store import default_checkpoint_dir
+        from ..decode.condcache import ConditionCache
+        from ..fast.devices import configure_torch_for_parity, resolve_device
+        from ..fast.precision import apply_mode
+        from ..io.checkpoint import checkpoint_provenance, load_checkpoint
+
+        checkpoint = req.get("checkpoint") or str(default_checkpoint_dir())
+        device = resolve_device(req.get("device", "auto"))
+        mode = req.get("mode", "exact")
+        key = (str(Path(checkpoint).expanduser().resolve()), str(device), mode)
+        if self.model is None or self.model_key != key:
+            self.model = None  # free the old model before loading a new one
+            self.condition_cache = None
+            configure_torch_for_parity()
+            self.send(event="progress", id=req.get("id"), done=0, total=0, stage="loading model")
+            self.model = apply_mode(load_checkpoint(checkpoint, device=device), mode)
+            self.model_key = key
+            self.checkpoint_info = checkpoint_provenance(checkpoint)
+            self.condition_cache = ConditionCache()
+        return self.model
+
+    def generate(self, req: dict[str, Any]) -> None:
+        from ..decode.pipeline import generate_motion
+        from ..decode.postprocess import postprocess_motion
+        from ..io.audio import load_audio
+        from ..io.motion import save_motion
+        from ..io.style import load_style
+
+        rid = req.get("id")
+        t0 = time.perf_counter()
+        out = req.get("out")
+        if not out:
+            raise FlameTalkError("generate needs an 'out' path for the motion file")
+        audio = load_audio(req["audio"]) if req.get("audio") else None
+        if audio is None:
+            raise FlameTalkError("generate needs an 'audio' file")
+        style, style_name = load_style(req.get("style"), start_frame=int(req.get("style_start", 0)))
+        model = self.ensure_model(req)
+
+        def progress(done: int, total: int) -> None:  # before the first window and after each one
+            if rid in self.cancelled or self.stdin_closed.is_set():
+                raise Cancelled()
+            # the client's spare_cores command may have changed since the last window
+            self.send(event="progress", id=rid, done=done, total=total, stage="generate", threads=self.use_threads())
+
+        motion = generate_motion(model, audio, style, progress=progress, cache=self.condition_cache)
+        if req.get("postprocess", True):
+            motion = postprocess_motion(motion)
+        if rid in self.cancelled or self.stdin_closed.is_set():
+            raise Cancelled()
+        provenance = {
+            "checkpoint": self.checkpoint_info,
+            "style": style_name,
+            "device": self.model_key[1] if self.model_key else None,
+            "mode": req.get("mode", "exact"),
+            "postprocess": bool(req.get("postprocess", True)),
+            "audio": str(req["audio"]),
+        }
+        save_motion(out, motion, provenance=provenance)
+        self.send(event="result", id=rid, out=str(out), frames=int(motion.shape[0]),
+                  seconds=round(time.perf_counter() - t0, 3), audio_cached=self.condition_cache.last_hit,
+                  plan=model._plan.as_dict())
+
+    def use_threads(self) -> int:
+        """Job loop: run on the start-up threads minus the client's spare cores (torch changes only if needed)."""
+        import torch
+
+        threads = max(1, self.default_threads - self.spare_cores)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return threads
+
+
+def available_devices() -> list[str]:
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.insert(0, "cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.insert(0, "mps")
+    return devices
+
+
+def main() -> int:
+    # Keep the protocol channel clean: from here on, fd 1 (print, C libraries) goes to stderr.
+    proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    worker = Worker(proto)
+    try:
+        import torch
+    except ImportError as err:
+        worker.send(event="fatal", message=f"torch is not installed in {sys.executable} ({err}); "
+                                           "set up the runtime in the add-on preferences or pick a Python with torch")
+        return 3
+    worker.default_threads = torch.get_num_threads()
+    worker.send(event="hello", protocol=PROTOCOL_VERSION, flametalk=__version__, torch=torch.__version__,
+                python=sys.executable, devices=available_devices(), pid=os.getpid(), threads=worker.default_threads)
+
+    def read_then_exit() -> None:
+        worker.read_requests(getattr(sys.stdin, "buffer", sys.stdin))  # None (no stdin) reads as closed
+        # stdin closed: the job loop stops at the running job's next window; if it is stuck, exit anyway
+        time.sleep(EXIT_GRACE_S)
+        os._exit(0)
+
+    reader = threading.Thread(target=read_then_exit, daemon=True)
+    reader.start()
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
