@@ -1,13 +1,13 @@
 """`python -m blender_addon.cli batch`: many dialogue lines, one warm worker, model and Blender working at once.
 
-Per line the worker computes the motion (seconds of torch) and Blender builds the head, keys it, saves the .blend
-and exports (seconds of single-threaded Python: glTF and FBX export alone take ~2 s for a 3-s line). Run one after
-the other, each side waits for the other; here line N+1 is submitted to the worker before Blender starts writing
-line N, so the model computes while Blender writes; meanwhile the worker leaves `--spare-cores` CPU threads to
-Blender, and takes them all again while Blender waits for it (the worker's spare_cores command, applied between
-4-s windows). Lines are still written, reported and numbered in order; a line that fails is reported in one line
-and skipped, the others still run. Ctrl-C (SIGINT) or SIGTERM stops the batch after discarding the line in
-progress: batch_report.json lists the finished lines (and `not_written`), the worker is stopped, exit status 130.
+Per line the worker computes the motion (torch) and Blender builds the head, keys it, saves the .blend and exports
+(single-threaded Python; glTF and FBX export dominate). Run one after the other, each side waits for the other; here
+line N+1 is submitted to the worker before Blender starts writing line N, so the model computes while Blender
+writes; meanwhile the worker leaves `--spare-cores` CPU threads to Blender, and takes them all again while Blender
+waits for it (the worker's spare_cores command, applied between 4-s windows). Lines are still written, reported and
+numbered in order; a line that fails is reported in one line and skipped, the others still run. Ctrl-C (SIGINT) or
+SIGTERM stops the batch after discarding the line in progress: batch_report.json lists the finished lines (and
+`not_written`), the worker is stopped, exit status 130.
 """
 
 from __future__ import annotations
@@ -19,23 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cli import (
-    EXIT_INTERRUPTED,
-    CliError,
-    Interrupted,
-    PreparedTake,
-    check_fps,
-    check_interrupt,
-    check_writable_folder,
-    clean_leftovers,
-    hold_interrupts,
-    interrupted,
-    prepare_take,
-    start_generation,
-    write_json_atomic,
-    write_take,
-)
-from .flame import load_flame
+from ..core.staging import clean_leftovers, write_json_atomic
+from ..flame import load_flame
+from .interrupts import EXIT_INTERRUPTED, Interrupted, check_interrupt, hold_interrupts, interrupted
+from .take import CliError, PreparedTake, check_fps, check_writable_folder, prepare_take, start_generation, write_take
 
 REPORT_NAME = "batch_report.json"
 
@@ -46,7 +33,7 @@ class _Line:
     stem: str
     args: argparse.Namespace
     prep: PreparedTake | None = None
-    job: Any = None  # generate.GenerateJob submitted ahead of its turn
+    job: Any = None  # scene.job.GenerateJob submitted ahead of its turn
     error: Exception | None = None  # found while preparing or submitting: reported in its turn
     submitted: bool = False
     entry: dict[str, object] = field(default_factory=dict)

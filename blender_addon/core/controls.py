@@ -20,10 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EXPR = slice(0, 100)
-HEAD = slice(100, 103)
-JAW = slice(103, 106)
-MOTION_DIM = 106
+from ..flame.contract import EXPR, HEAD_ROT, JAW_ROT, MOTION_DIM
 
 
 @dataclass(frozen=True)
@@ -55,8 +52,8 @@ def apply_controls(motion: np.ndarray, controls: Controls) -> np.ndarray:
         raise ValueError(f"motion must have shape (T, {MOTION_DIM}), got {motion.shape}")
     out = motion.copy()
     out[:, EXPR] *= controls.expression
-    out[:, HEAD] *= controls.head
-    out[:, JAW] *= controls.jaw
+    out[:, HEAD_ROT] *= controls.head
+    out[:, JAW_ROT] *= controls.jaw
     if controls.smoothing > 0:
         out = gaussian_smooth(out, controls.smoothing)
     return out.astype(np.float32)

@@ -1,37 +1,24 @@
 """Where FlameTalk's assets live, computed without importing flametalk (no bpy, no torch; stdlib only).
 
-Same rule as `flametalk.assets.cache_dir` (tests check they agree): env FLAMETALK_CACHE, else per platform
-  Linux/other: $XDG_CACHE_HOME/flametalk (if absolute) or ~/.cache/flametalk
-  macOS: ~/Library/Caches/flametalk;  Windows: %LOCALAPPDATA%\\flametalk\\cache
-The checkpoint folder is `<cache>/artalk` (ARTalk_wav2vec.pt + config.json) and the release style clips are in
+The cache folder and its layout are the shared contract's (`flame/contract.py`, also used by `flametalk.assets`):
+the checkpoint folder is `<cache>/artalk` (ARTalk_wav2vec.pt + config.json) and the release style clips are in
 `<checkpoint folder>/style_motion/<name>.pt`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-CHECKPOINT_SUBDIR = "artalk"
-STYLE_SUBDIR = "style_motion"
+from ..flame.contract import CHECKPOINT_SUBDIR, STYLE_SUBDIR, cache_dir
+
 RELEASE_WEIGHTS_NAME = "ARTalk_wav2vec.pt"
 CONFIG_NAME = "config.json"
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 DOWNLOAD_HINT = "python -m flametalk assets download fetches them"
 
-
-def cache_dir() -> Path:
-    env = os.environ.get("FLAMETALK_CACHE")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "flametalk" / "cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "flametalk"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "flametalk"
+__all__ = ["CHECKPOINT_SUBDIR", "STYLE_SUBDIR", "cache_dir", "checkpoint_problem", "default_checkpoint_dir",
+           "file_problem", "release_styles", "style_dir"]
 
 
 def default_checkpoint_dir() -> Path:

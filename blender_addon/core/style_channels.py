@@ -2,7 +2,7 @@
 
 Used to take a style clip from the scene: the frames of an action (shape-key values + bone rotations), sampled at
 25 fps, become a (T, 106) motion: 0:100 expression coefficients = the `exp_NNN` shape-key values, 100:103 the root
-bone's rotation, 103:106 the jaw bone's rotation. The rig's bones have FLAME's axes as their local axes (rig.py),
+bone's rotation, 103:106 the jaw bone's rotation. The rig's bones have FLAME's axes as their local axes (scene/rig.py),
 so a bone quaternion IS the FLAME joint rotation: it only needs converting to axis-angle, no change of axes.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-STYLE_FRAMES = 50  # ARTalk conditions on 2 s of motion at 25 fps
-MOTION_FPS = 25.0
-N_EXPR = 100
+from ..flame.contract import EXPR, HEAD_ROT, JAW_ROT, MOTION_DIM, MOTION_FPS, STYLE_FRAMES
+
+N_EXPR = EXPR.stop - EXPR.start
 
 
 def quaternion_to_axis_angle(quats: np.ndarray) -> np.ndarray:
@@ -45,15 +45,15 @@ def motion_from_channels(expression: np.ndarray, root_quat: np.ndarray, jaw_quat
     for name, quat in (("root", root_quat), ("jaw", jaw_quat)):
         if np.shape(quat) != (count, 4):
             raise ValueError(f"{name} quaternions must be ({count}, 4), got {np.shape(quat)}")
-    motion = np.zeros((count, N_EXPR + 6), dtype=np.float64)
-    motion[:, : expression.shape[1]] = expression
-    motion[:, 100:103] = quaternion_to_axis_angle(root_quat)
-    motion[:, 103:106] = quaternion_to_axis_angle(jaw_quat)
+    motion = np.zeros((count, MOTION_DIM), dtype=np.float64)
+    motion[:, EXPR.start : EXPR.start + expression.shape[1]] = expression
+    motion[:, HEAD_ROT] = quaternion_to_axis_angle(root_quat)
+    motion[:, JAW_ROT] = quaternion_to_axis_angle(jaw_quat)
     return motion.astype(np.float32)
 
 
 def style_frames(start_frame: float, scene_fps: float, count: int = STYLE_FRAMES) -> np.ndarray:
-    """Scene frames at which to sample `count` motion frames (25 fps) starting at `start_frame`."""
+    """Scene frames at which to sample `count` motion frames (MOTION_FPS) starting at `start_frame`."""
     if scene_fps <= 0:
         raise ValueError(f"scene fps must be positive, got {scene_fps}")
     return float(start_frame) + np.arange(count, dtype=np.float64) * (scene_fps / MOTION_FPS)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-MOTION_FPS = 25.0
+from ..flame.contract import MOTION_FPS
+
 NTSC_BASE = 1.001
 
 

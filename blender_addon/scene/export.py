@@ -19,6 +19,7 @@ from typing import Any
 
 import bpy
 
+from ..core.staging import StagedOutputs
 from . import compat, takes
 from .rig import FlameRig
 
@@ -102,8 +103,6 @@ def _written_atomically(filepath: str, atomic: bool) -> Iterator[str]:
     if not atomic:
         yield filepath
         return
-    from .cli import StagedOutputs
-
     with StagedOutputs([filepath]) as staged:
         yield staged.path(filepath)
         staged.commit()

@@ -19,13 +19,15 @@ from typing import Any
 import bpy
 import numpy as np
 
-from . import compat, keyframes, paths, takes
-from .controls import Controls, apply_controls, quaternion_tolerance
-from .flame.motionfile import read_motion
+from ..core import paths
+from ..core.controls import Controls, apply_controls, quaternion_tolerance
+from ..core.style_channels import style_frames
+from ..flame.contract import STYLE_FRAMES
+from ..flame.motionfile import read_motion
+from ..worker.client import WorkerError, get_client
+from . import compat, keyframes, takes
 from .keyframes import MotionFileError, Take
 from .rig import FlameRig, find_rig
-from .style_from_action import STYLE_FRAMES, style_frames
-from .worker_client import WorkerError, get_client
 
 STYLE_KINDS = ("NONE", "RELEASE", "FILE", "ACTION")
 DEVICES = ("auto", "cuda", "mps", "cpu")

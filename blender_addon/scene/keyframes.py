@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
+from ..core.controls import simplify_indices
+from ..flame import JOINT_NAMES, axis_angle_to_quaternion
+from ..flame.contract import EXPR, HEAD_ROT, JAW_ROT, MOTION_FPS
+from ..flame.motionfile import MotionFileError as MotionFileError  # re-exported: the add-on catches it here
+from ..flame.motionfile import check_fps, check_motion, check_scene_span, read_motion
 from . import compat
-from .controls import simplify_indices
-from .flame import JOINT_NAMES, axis_angle_to_quaternion
-from .flame.lbs import EXPR, HEAD_ROT, JAW_ROT
-from .flame.motionfile import MotionFileError as MotionFileError  # re-exported: the add-on catches it here
-from .flame.motionfile import check_fps, check_motion, check_scene_span, read_motion
 from .rig import EXPR_KEY, SLIDER_LIMIT, FlameRig
 
-MOTION_FPS = 25.0
 TAKE_PROP = "flametalk_take"  # custom property on a take's actions: the take name
 ROLE_PROP = "flametalk_role"  # "bones" or "shapes"
 
@@ -126,7 +125,7 @@ def write_take(
     """Key `motion` into two new actions and make them active on the rig; returns the Take.
 
     simplify: None = a key on every motion frame; (expression tolerance, quaternion-component tolerance) = the
-    fewest linear keys within those tolerances (controls.simplify_indices; a bone's 4 components share keys).
+    fewest linear keys within those tolerances (core.controls.simplify_indices; a bone's 4 components share keys).
     """
     motion, motion_fps = validate_motion(motion, motion_fps)
     scene = scene or bpy.context.scene

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from .flame import JOINT_NAMES, FlameModel, flame_to_blender
+from ..flame import JOINT_NAMES, FlameModel, flame_to_blender
 
 EXPR_KEY = "exp_{:03d}"
 POSE_KEY = "pose_{:03d}"

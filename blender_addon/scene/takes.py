@@ -14,11 +14,11 @@ import tempfile
 import bpy
 import numpy as np
 
+from ..core.style_channels import motion_from_channels
+from ..flame.contract import MOTION_DIM
 from . import compat
-from .flame.lbs import MOTION_DIM
 from .keyframes import ROLE_PROP, TAKE_PROP
 from .rig import FlameRig
-from .style_from_action import motion_from_channels
 
 _EXPR_PATH = re.compile(r'^key_blocks\["exp_(\d{3})"\]\.value$')
 _QUAT_PATH = re.compile(r'^pose\.bones\["(root|jaw)"\]\.rotation_quaternion$')

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import bpy
 from bpy.props import BoolProperty
 
-from . import paths
-from .preferences import DRAW_HOOKS, worker_settings
+from ..core import paths
+from .settings import worker_settings
 
 FLAME_LICENCE_URL = "https://flame.is.tue.mpg.de"
 _PERCENT = re.compile(r"(\d{1,3})%")
@@ -134,6 +134,7 @@ class FLAMETALK_OT_download_assets(bpy.types.Operator):
 
 def draw_assets_section(prefs: bpy.types.AddonPreferences, context: bpy.types.Context,
                         layout: bpy.types.UILayout) -> None:
+    """The preferences' Model Files rows (drawn by ui/preferences.py)."""
     box = layout.box()
     box.label(text="Model Files", icon="FILE_BLEND")
     ckpt = paths.default_checkpoint_dir()
@@ -149,14 +150,4 @@ def draw_assets_section(prefs: bpy.types.AddonPreferences, context: bpy.types.Co
     op.accept_flame_license = True
 
 
-CLASSES = (FLAMETALK_OT_download_assets,)
-
-
-def register_hooks() -> None:
-    if draw_assets_section not in DRAW_HOOKS:
-        DRAW_HOOKS.append(draw_assets_section)
-
-
-def unregister_hooks() -> None:
-    if draw_assets_section in DRAW_HOOKS:
-        DRAW_HOOKS.remove(draw_assets_section)
+CLASSES: tuple[type, ...] = (FLAMETALK_OT_download_assets,)

@@ -1,4 +1,4 @@
-"""Export operators (File browser; headless: pass filepath). The work is in export.py, shared with the CLI."""
+"""Export operators (File browser; headless: pass filepath). The work is in scene/export.py, shared with the CLI."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import bpy
 from bpy.props import StringProperty
 from bpy_extras.io_utils import ExportHelper
 
-from . import export
-from .rig import find_rig
+from ..scene import export
+from ..scene.rig import find_rig
 
 
 def _rig(context: bpy.types.Context):
@@ -63,3 +63,6 @@ class FLAMETALK_OT_export_fbx(bpy.types.Operator, _ExportTake):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         return self._run(context, export.export_fbx)
+
+
+CLASSES: tuple[type, ...] = (FLAMETALK_OT_export_fbx, FLAMETALK_OT_export_gltf)

@@ -1,5 +1,6 @@
-"""Generate / Cancel operators. invoke() = modal path for the UI (timer polls the worker, progress bar, Esc or
-the Cancel button cancels); execute() = blocking path (headless, scripts, tests). Both run generate.py."""
+"""Generate / Cancel / Use Take operators. Generate's invoke() = modal path for the UI (timer polls the worker,
+progress bar, Esc or the Cancel button cancels); execute() = blocking path (headless, scripts, tests). Both run
+scene/job.py."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from typing import Any
 import bpy
 from bpy.props import FloatProperty, StringProperty
 
-from . import compat, takes
-from .controls import Controls
-from .generate import GenerateError, GenerateJob, GenerateRequest, GenerateResult, StyleSpec, run_blocking
-from .preferences import worker_settings
-from .rig import find_rig
+from ..core.controls import Controls
+from ..scene import compat, takes
+from ..scene.job import GenerateError, GenerateJob, GenerateRequest, GenerateResult, StyleSpec, run_blocking
+from ..scene.keyframes import assign_take
+from ..scene.rig import find_rig
+from .settings import worker_settings
 
 _ACTIVE: dict[str, Any] = {"job": None}  # the one running modal job (the Cancel button and load_pre see it)
 
@@ -207,6 +209,7 @@ def cancel_on_load(*_args: Any) -> None:
         job.close()
         _ACTIVE["job"] = None
 
+
 class FLAMETALK_OT_use_take(bpy.types.Operator):
     """Make an earlier take the active animation of the FLAME head"""
 
@@ -217,8 +220,6 @@ class FLAMETALK_OT_use_take(bpy.types.Operator):
     take: StringProperty(name="Take", default="")
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        from .keyframes import assign_take
-
         rig = find_rig(context.scene.flametalk.head or context.active_object)
         bones, shapes = takes.take_actions(self.take)
         if rig is None or bones is None or shapes is None:
@@ -226,3 +227,6 @@ class FLAMETALK_OT_use_take(bpy.types.Operator):
             return {"CANCELLED"}
         assign_take(rig, bones, shapes)
         return {"FINISHED"}
+
+
+CLASSES: tuple[type, ...] = (FLAMETALK_OT_generate, FLAMETALK_OT_cancel, FLAMETALK_OT_use_take)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import bpy
 
-from . import compat, takes
-from .operators_generate import active_job
-from .rig import find_rig
-from .style_from_action import MOTION_FPS, STYLE_FRAMES
+from ..flame.contract import MOTION_FPS, STYLE_FRAMES
+from ..scene import compat, takes
+from ..scene.rig import find_rig
+from .generate import active_job
 
 
 class _FlameTalkPanel:
@@ -111,4 +111,4 @@ class FLAMETALK_PT_takes(_FlameTalkPanel, bpy.types.Panel):
         row.operator("flametalk.export_gltf", text="glTF", icon="EXPORT")
 
 
-CLASSES = [FLAMETALK_PT_main, FLAMETALK_PT_controls, FLAMETALK_PT_takes]
+CLASSES: tuple[type, ...] = (FLAMETALK_PT_main, FLAMETALK_PT_controls, FLAMETALK_PT_takes)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import paths
-from .preferences import DEVICE_ITEMS
-from .rig import RIG_TAG
+from ..core import paths
+from ..scene.rig import RIG_TAG
+from .settings import DEVICE_ITEMS, worker_settings
 
 AUDIO_ITEMS = [
     ("FILE", "File", "An audio file (a sound strip is added at the start frame)"),
@@ -27,8 +27,6 @@ def _is_flame_armature(_self: bpy.types.PropertyGroup, obj: bpy.types.Object) ->
 
 
 def _release_style_search(_self: bpy.types.PropertyGroup, context: bpy.types.Context, _text: str) -> list[str]:
-    from .preferences import worker_settings
-
     return paths.release_styles(worker_settings(context).checkpoint)
 
 
@@ -69,6 +67,9 @@ class FLAMETALK_PG_state(bpy.types.PropertyGroup):
     running: BoolProperty(default=False)
     progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     status: StringProperty(default="")
+
+
+CLASSES: tuple[type, ...] = (FLAMETALK_PG_settings, FLAMETALK_PG_state)
 
 
 def register_properties() -> None:

@@ -7,8 +7,8 @@ import os
 import bpy
 from bpy.props import StringProperty
 
-from .flame import FlameFileError, load_flame, load_shape_coefficients
-from .rig import build_rig
+from ..flame import FlameFileError, load_flame, load_shape_coefficients
+from ..scene.rig import build_rig
 
 
 class FLAMETALK_OT_build_head(bpy.types.Operator):
@@ -54,3 +54,6 @@ class FLAMETALK_OT_build_head(bpy.types.Operator):
         self.report({"INFO"}, f"Built {rig.armature.name} from {name}: {len(rig.mesh.data.vertices)} vertices, "
                               f"{rig.n_expr} expression keys")
         return {"FINISHED"}
+
+
+CLASSES: tuple[type, ...] = (FLAMETALK_OT_build_head,)

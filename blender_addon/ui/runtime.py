@@ -1,6 +1,6 @@
 """Preferences > FlameTalk > Worker runtime: set up the bundled runtime (offline), or check a Python of one's own.
 
-`Set Up Runtime` runs runtime.setup_runtime on a thread (pip and the worker check take a minute or two) while a
+`Set Up Runtime` runs worker.runtime.setup_runtime on a thread (pip and the worker check take a while) while a
 modal timer shows its progress and keeps Blender responsive; headless (`bpy.app.background`) it runs blocking, as
 scripts and tests need. bpy data is only touched on the main thread.
 """
@@ -15,7 +15,9 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import runtime
+from ..worker import client as worker_client
+from ..worker import runtime
+from .settings import worker_settings
 
 # The one set-up in flight: written by its thread, read by the timer and the preferences' draw.
 _STATE: dict[str, Any] = {"running": False, "fraction": 0.0, "message": "", "cancel": False, "error": "",
@@ -156,9 +158,7 @@ worker once to check it"""
 
     @staticmethod
     def _restart_workers() -> None:
-        from .worker_client import stop_all
-
-        stop_all()  # a warm worker from an older runtime must not serve the next Generate
+        worker_client.stop_all()  # a warm worker from an older runtime must not serve the next Generate
 
     def _fail(self, message: str) -> set[str]:
         self.report({"ERROR"}, f"FlameTalk: {message}")
@@ -187,8 +187,6 @@ class FLAMETALK_OT_check_worker(bpy.types.Operator):
     bl_label = "Check Worker Python"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        from .preferences import worker_settings
-
         python = worker_settings(context).python
         if not python:
             self.report({"ERROR"}, "FlameTalk: no worker Python: set up the runtime or choose a Python")
@@ -204,7 +202,7 @@ class FLAMETALK_OT_check_worker(bpy.types.Operator):
 
 
 def draw_runtime_section(_prefs: Any, context: bpy.types.Context, layout: bpy.types.UILayout) -> None:
-    """Preferences rows (registered into preferences.DRAW_HOOKS)."""
+    """The preferences' Worker Runtime rows (drawn by ui/preferences.py)."""
     box = layout.box()
     box.label(text="Worker Runtime", icon="SCRIPT")
     if _STATE["running"]:
@@ -236,18 +234,5 @@ def draw_runtime_section(_prefs: Any, context: bpy.types.Context, layout: bpy.ty
         box.label(text=_STATE["error"], icon="ERROR")
 
 
-CLASSES: list[type] = [FLAMETALK_OT_setup_runtime, FLAMETALK_OT_cancel_runtime_setup, FLAMETALK_OT_check_worker]
-
-
-def register_hooks() -> None:
-    from . import preferences
-
-    if draw_runtime_section not in preferences.DRAW_HOOKS:
-        preferences.DRAW_HOOKS.append(draw_runtime_section)
-
-
-def unregister_hooks() -> None:
-    from . import preferences
-
-    if draw_runtime_section in preferences.DRAW_HOOKS:
-        preferences.DRAW_HOOKS.remove(draw_runtime_section)
+CLASSES: tuple[type, ...] = (FLAMETALK_OT_setup_runtime, FLAMETALK_OT_cancel_runtime_setup,
+                              FLAMETALK_OT_check_worker)

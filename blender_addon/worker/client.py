@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-PROTOCOL_VERSION = 1  # must match flametalk.worker.PROTOCOL_VERSION
+from ..flame.contract import PROTOCOL_VERSION
+
 STARTUP_TIMEOUT_S = 120.0  # importing torch on a cold disk can take a while
 STDERR_LINES_KEPT = 40
 PING_AFTER_S = 5.0  # quiet this long while a request is pending: ask the worker whether it is still there

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .worker_client import WorkerClient, WorkerError
+from .client import WorkerClient, WorkerError
 
-BUNDLE_DIR = "runtime_wheels"  # must match build.py RUNTIME_DIR
+BUNDLE_DIR = "runtime_wheels"  # beside the add-on's __init__.py; must match build.py RUNTIME_DIR
+ADDON_PACKAGE = (__package__ or "blender_addon.worker").rpartition(".")[0]  # "bl_ext.<repo>.flametalk" installed
+WORKER_PYTHON_ENV = "FLAMETALK_WORKER_PYTHON"
 STAMP = "flametalk-runtime.json"
 Progress = Callable[[float, str], None]
 
@@ -58,7 +60,7 @@ class Bundle:
 
 
 def bundle_dir() -> Path:
-    return Path(__file__).resolve().with_name(BUNDLE_DIR)
+    return Path(__file__).resolve().parent.parent / BUNDLE_DIR
 
 
 def read_bundle(folder: Path | None = None) -> Bundle | None:
@@ -100,7 +102,7 @@ def default_runtime_dir(package: str | None = None) -> Path:
         return Path(os.environ["FLAMETALK_RUNTIME"])
     if sys.platform == "win32":
         return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "flametalk" / "runtime"
-    package = package or __package__ or ""
+    package = package or ADDON_PACKAGE
     if package.startswith("bl_ext."):
         import bpy
 
@@ -139,6 +141,19 @@ def default_worker_python(target: Path | None = None) -> str:
     """The managed runtime's Python when it is ready, else '' (the preferences then ask for a Python)."""
     target = target or default_runtime_dir()
     return str(venv_python(target)) if status(target, read_bundle())[0] == "ready" else ""
+
+
+def automatic_worker_python() -> str:
+    """The worker Python used when none is chosen (an empty preference, no --worker-python): env
+    FLAMETALK_WORKER_PYTHON, else the managed runtime's Python when it is ready, else ''."""
+    env = os.environ.get(WORKER_PYTHON_ENV, "").strip()
+    if env:
+        return env
+    try:
+        found = default_worker_python()
+    except Exception:  # a broken runtime must not break the panel
+        return ""
+    return os.fspath(found) if found else ""
 
 
 def clean_env(offline: bool) -> dict[str, str]:
