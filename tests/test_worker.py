@@ -17,7 +17,7 @@ from flametalk.motion_io import load_motion
 from flametalk.pipeline import generate_motion
 from flametalk.postprocess import postprocess_motion
 
-from blender_addon.worker_client import WorkerClient, WorkerError
+from blender_addon.worker.client import WorkerClient, WorkerError
 
 
 @pytest.fixture(scope="module")

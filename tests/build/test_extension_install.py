@@ -16,6 +16,7 @@ import zipfile
 
 import pytest
 from fixtures.common import AUDIO_DIR, REPO
+from fixtures.report import record
 
 pytest.importorskip("bpy")
 from blender_addon.flame import synthetic  # noqa: E402
@@ -31,15 +32,15 @@ assert result == {"FINISHED"}, result
 name = "bl_ext.user_default.flametalk"
 assert name in bpy.context.preferences.addons, list(bpy.context.preferences.addons.keys())
 ext = sys.modules[name]
-runtime, preferences = sys.modules[name + ".runtime"], sys.modules[name + ".preferences"]
+runtime = sys.modules[name + ".worker.runtime"]
 out = {"installed_s": time.perf_counter() - t0, "addon_dir": os.path.dirname(ext.__file__),
        "operators": [op for op in ("setup_runtime", "generate", "build_head") if hasattr(bpy.ops.flametalk, op)],
-       "python_before": preferences.default_worker_python()}
+       "python_before": runtime.automatic_worker_python()}
 
 t0 = time.perf_counter()
 out["setup"] = list(bpy.ops.flametalk.setup_runtime())
 out["setup_s"] = time.perf_counter() - t0
-out["python_after"] = preferences.default_worker_python()
+out["python_after"] = runtime.automatic_worker_python()
 out["status"] = runtime.status(runtime.default_runtime_dir(), runtime.read_bundle())
 
 bpy.ops.wm.read_homefile(use_empty=True)
@@ -52,10 +53,11 @@ out["generate"] = list(bpy.ops.flametalk.generate(checkpoint=checkpoint, timeout
 out["generate_s"] = time.perf_counter() - t0
 mesh = next(o for o in bpy.data.objects if o.type == "MESH" and o.data.shape_keys)
 action = mesh.data.shape_keys.animation_data.action
-curves = sys.modules[name + ".compat"].iter_action_fcurves(action)
+curves = sys.modules[name + ".scene.compat"].iter_action_fcurves(action)
 out["shape_keys_keyed"] = sum(1 for fc in curves if len(fc.keyframe_points) > 1)
 out["frames"] = max(len(fc.keyframe_points) for fc in curves)
 out["torch_in_blender"] = "torch" in sys.modules
+out["flame_file"] = sys.modules[name + ".flame"].__file__
 shared = os.path.join(os.environ["BLENDER_USER_RESOURCES"], "extensions", ".local")
 out["shared_site_packages"] = sorted(os.listdir(shared)) if os.path.isdir(shared) else []
 print("RESULT " + json.dumps(out))
@@ -88,8 +90,8 @@ def test_built_zip_installs_sets_up_its_runtime_offline_and_generates(tmp_path, 
     lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
-    print(f"\nbuild {build_s:.0f} s, install {out['installed_s']:.1f} s, runtime set-up {out['setup_s']:.0f} s, "
-          f"generate {out['generate_s']:.1f} s; zip {zip_path.stat().st_size / 1e6:.0f} MB")
+    record("extension zip", "linux-x64", f"build {build_s:.0f} s, install {out['installed_s']:.1f} s, runtime set-up "
+           f"{out['setup_s']:.0f} s, generate {out['generate_s']:.1f} s; zip {zip_path.stat().st_size / 1e6:.0f} MB")
 
     assert out["addon_dir"].startswith(env["BLENDER_USER_RESOURCES"])
     assert out["operators"] == ["setup_runtime", "generate", "build_head"]
@@ -99,4 +101,5 @@ def test_built_zip_installs_sets_up_its_runtime_offline_and_generates(tmp_path, 
     assert out["generate"] == ["FINISHED"]
     assert out["shape_keys_keyed"] >= 50 and out["frames"] >= 25 * 3  # eng2.wav is several seconds of speech
     assert not out["torch_in_blender"]
+    assert out["flame_file"] == os.path.join(out["addon_dir"], "flame", "__init__.py")  # the zip's own copy
     assert out["shared_site_packages"] == [] or "site-packages" not in str(out["shared_site_packages"])

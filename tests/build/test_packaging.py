@@ -1,8 +1,7 @@
-"""Packaging pieces that need no build: lock files, the target-marker closure, the manifest, runtime bookkeeping."""
+"""Packaging pieces that need no build: lock files, the target-marker closure, the manifest, the staged add-on."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tomllib
@@ -13,8 +12,7 @@ from fixtures.common import REPO
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from blender_addon import runtime  # noqa: E402
-from buildtools import locks, manifest  # noqa: E402
+from buildtools import locks, manifest
 
 RUNTIME_NEEDS = {"torch", "transformers", "numpy", "scipy", "soundfile", "soxr", "tqdm", "pip", "tokenizers",
                  "safetensors", "huggingface-hub"}
@@ -66,47 +64,18 @@ def test_source_manifest_is_current_and_valid():
     assert "wheels" not in source  # Blender must not unpack the runtime into its shared site-packages
 
 
-def _bundle(tmp_path: Path, bundled: bool = True, python: str = "3.11") -> runtime.Bundle:
-    info = {"python": python, "platform": "linux-x64", "flametalk": "0.1.0", "requirements": "requirements.txt",
-            "requirements_sha256": "a" * 64, "pip_wheel": "pip.whl",
-            "torch": {"requirement": "torch==2.13.0", "bundled": bundled, "index_url": "https://pypi.org/simple",
-                      "build": "CPU", "download_bytes": 122_000_000}}
-    (tmp_path / "runtime.json").write_text(json.dumps(info))
-    bundle = runtime.read_bundle(tmp_path)
-    assert bundle is not None
-    return bundle
+def test_staged_addon_carries_its_own_flame_package(tmp_path):
+    """build.py stages blender_addon/ without caches or a developer's flame/ folder and copies the shared FLAME
+    package (*.py only) in as flame/."""
+    import shutil
 
+    import build
 
-def test_torch_notice_only_when_set_up_needs_the_network(tmp_path):
-    assert runtime.torch_notice(_bundle(tmp_path)) == ""
-    notice = runtime.torch_notice(_bundle(tmp_path, bundled=False))
-    assert "torch==2.13.0" in notice and "https://pypi.org/simple" in notice and "122 MB" in notice
-    assert "download.pytorch.org/whl/cu" in runtime.torch_notice(_bundle(tmp_path),
-                                                                  "https://download.pytorch.org/whl/cu128")
-
-
-def test_status_and_refusals(tmp_path):
-    (tmp_path / "b").mkdir()
-    bundle = _bundle(tmp_path / "b")
-    target = tmp_path / "rt"
-    assert runtime.status(target, bundle)[0] == "missing"
-    target.mkdir()
-    (target / runtime.STAMP).write_text(json.dumps({"state": "incomplete"}))
-    assert runtime.status(target, bundle)[0] == "incomplete"
-    python = runtime.venv_python(target)
-    python.parent.mkdir(parents=True)
-    python.write_text("")
-    (target / runtime.STAMP).write_text(json.dumps({"state": "ready", "base_python": sys.executable,
-                                                    "requirements_sha256": "b" * 64}))
-    assert runtime.status(target, bundle)[0] == "outdated"
-    # A folder that is not a runtime is never deleted; a bundle for another Python is refused up front.
-    other = tmp_path / "photos"
-    other.mkdir()
-    (other / "holiday.jpg").write_text("x")
-    with pytest.raises(runtime.RuntimeSetupError, match="not a FlameTalk runtime"):
-        runtime.setup_runtime(bundle, other, sys.executable)
-    assert (other / "holiday.jpg").exists()
-    with pytest.raises(runtime.RuntimeSetupError, match="needs Python 3.99"):
-        runtime.setup_runtime(_bundle(tmp_path / "b", python="3.99"), tmp_path / "new", sys.executable)
-    assert not (tmp_path / "new").exists()
-    assert runtime.current_platform() == "linux-x64" or sys.platform != "linux"
+    stage = tmp_path / "flametalk"
+    shutil.copytree(build.ADDON, stage, ignore=build._stage_ignore)
+    build.copy_flame(stage / "flame")
+    shipped = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()}
+    assert "blender_manifest.toml" not in shipped and not any("__pycache__" in p for p in shipped)
+    assert {"__init__.py", "registration.py", "core/controls.py", "cli/__main__.py", "flame/contract.py"} <= shipped
+    flame = sorted(p.removeprefix("flame/") for p in shipped if p.startswith("flame/"))
+    assert flame == sorted(p.name for p in build.FLAME_SOURCE.glob("*.py"))

@@ -11,10 +11,12 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-ROOT = Path(__file__).resolve().parents[1]
+from fixtures.common import REPO  # noqa: E402
+from fixtures.report import record  # noqa: E402
 
-from blender_addon import cli, rig  # noqa: E402
+from blender_addon.cli import main as cli  # noqa: E402
 from blender_addon.flame import flame_to_blender, forward_motion, load_flame, synthetic  # noqa: E402
+from blender_addon.scene import rig  # noqa: E402
 
 TOL = 1e-4
 
@@ -26,7 +28,7 @@ def _run_cli(*args: str, block_torch: bool = False) -> subprocess.CompletedProce
         code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 'cli'; "
                 "runpy.run_module('blender_addon.cli', run_name='__main__')")
         command = [sys.executable, "-c", code, "animate", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_animate_full_size_replays_flame(inputs: dict[str, str]) -> None:
     for i in (0, 4, 9, 13, 19):
         scene.frame_set(1 + i)
         worst = max(worst, float(np.abs(rig.evaluated_world_vertices(flame_rig.mesh) - expected[i]).max()))
-    print(f"\nCLI .blend max vertex error: {worst:.2e} m")
+    record("command line", "animate .blend max vertex error", f"{worst:.2e} m")
     assert worst < TOL
 
 

@@ -52,7 +52,7 @@ def test_a_line_queued_behind_a_worker_crash_runs_again(monkeypatch):
     is generated once more on a fresh worker instead of failing (as if the lines had run one after the other)."""
     import argparse
 
-    from blender_addon import batch
+    from blender_addon.cli import batch
 
     class Crash(Exception):
         kind = "crash"

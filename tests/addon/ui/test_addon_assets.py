@@ -9,7 +9,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import operators_assets  # noqa: E402
+from blender_addon.ui import assets as operators_assets  # noqa: E402
 
 
 def test_download_command_and_messages():

@@ -19,16 +19,20 @@ bpy = pytest.importorskip("bpy")
 
 from fixtures.addon import ROOT, curves_by_path, keys, scene_state, set_scene_fps, write_wav  # noqa: E402
 from fixtures.common import AUDIO_DIR  # noqa: E402
+from fixtures.report import record  # noqa: E402
 from fixtures.synthetic_head import make_head_arrays  # noqa: E402
 
-from blender_addon import generate, operators_generate, rig, takes, worker_client  # noqa: E402
-from blender_addon.controls import Controls, apply_controls  # noqa: E402
+from blender_addon.core.controls import Controls, apply_controls  # noqa: E402
 from blender_addon.flame import synthetic  # noqa: E402
-from blender_addon.keyframes import continuous_quaternions  # noqa: E402
+from blender_addon.scene import job as generate  # noqa: E402
+from blender_addon.scene import rig, takes  # noqa: E402
+from blender_addon.scene.keyframes import continuous_quaternions  # noqa: E402
+from blender_addon.ui import generate as operators_generate  # noqa: E402
+from blender_addon.worker import client as worker_client  # noqa: E402
 
 ENG2 = AUDIO_DIR / "eng2.wav"
 PREVIEW_COPY = ROOT / "docs" / "preview.png"
-TIMES: dict[str, float] = {}
+TIMINGS = "add-on timings (s)"
 SIZE = 256  # preview pixels
 
 
@@ -41,6 +45,7 @@ def addon(parity_checkpoint_dir: Path):
     prefs.worker_python = sys.executable  # the venv has torch + flametalk
     prefs.checkpoint_dir = str(parity_checkpoint_dir)
     prefs.device = "CPU"
+    record(TIMINGS, "environment threads", str(os.cpu_count()))
     yield prefs
     addon_utils.disable("blender_addon", default_set=True)
     worker_client.stop_all()
@@ -59,7 +64,7 @@ def raw_eng2(addon, parity_checkpoint_dir: Path, tmp_path_factory: pytest.TempPa
     t0 = time.perf_counter()
     client.wait(client.submit("generate", audio=str(ENG2), out=str(out), checkpoint=str(parity_checkpoint_dir),
                               device="cpu"), timeout=300)
-    TIMES["cold worker: start + load + eng2"] = time.perf_counter() - t0
+    record(TIMINGS, "cold worker: start + load + eng2", f"{time.perf_counter() - t0:.3f}")
     with np.load(out) as npz:
         return npz["motion"]
 
@@ -86,7 +91,7 @@ def _head(head_model) -> rig.FlameRig:
 def _generate(**overrides) -> set[str]:
     t0 = time.perf_counter()
     result = bpy.ops.flametalk.generate(**overrides)
-    TIMES.setdefault("Generate eng2 (warm worker, keys included)", time.perf_counter() - t0)
+    record(TIMINGS, "Generate eng2 (warm worker, keys included)", f"{time.perf_counter() - t0:.3f}", first_only=True)
     return result
 
 
@@ -131,7 +136,7 @@ class _Layout:
 
 
 def test_panels_and_preferences_draw(addon, head_model) -> None:
-    from blender_addon import panel, preferences
+    from blender_addon.ui import panel, preferences
 
     _head(head_model)
     scene, settings = bpy.context.scene, bpy.context.scene.flametalk
@@ -369,7 +374,7 @@ def test_batch_cli_generates_from_audio(addon, parity_checkpoint_dir: Path, tmp_
                           "--checkpoint", str(parity_checkpoint_dir), "--device", "cpu", "--scene-fps", "30",
                           "--start-frame", "10", "--simplify", "0.02", "--out", str(out), "--glb", str(glb)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    TIMES["batch CLI (cold worker, eng2, .blend + .glb)"] = time.perf_counter() - t0
+    record(TIMINGS, "batch CLI (cold worker, eng2, .blend + .glb)", f"{time.perf_counter() - t0:.3f}")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "take eng2_take1" in run.stdout and glb.stat().st_size > 50_000
     bpy.ops.wm.open_mainfile(filepath=str(out), load_ui=False, use_scripts=False)
@@ -447,7 +452,7 @@ def test_preview_render_opens_the_mouth_on_the_loudest_frame(addon, head_model, 
         scene.render.filepath = str(tmp_path / f"preview_{frame:03d}.png")
         t0 = time.perf_counter()
         bpy.ops.render.render(write_still=True)
-        TIMES.setdefault(f"Workbench render {SIZE}x{SIZE}", time.perf_counter() - t0)
+        record(TIMINGS, f"Workbench render {SIZE}x{SIZE}", f"{time.perf_counter() - t0:.3f}", first_only=True)
         paths[frame] = Path(scene.render.filepath)
     # The mouth region on screen: the lip vertices (around the mouth line) projected through the camera.
     scene.frame_set(loud)
@@ -475,8 +480,9 @@ def test_preview_render_opens_the_mouth_on_the_loudest_frame(addon, head_model, 
     if os.environ.get("FLAMETALK_UPDATE_DOCS"):  # refresh the README picture on purpose only; CI leaves the tree clean
         PREVIEW_COPY.parent.mkdir(exist_ok=True)
         shutil.copyfile(tmp_path / "montage.png", PREVIEW_COPY)
-    print(f"\npreview: frames {frames}, quiet {quiet}, loud {loud}, jaw quaternion x {jaw[:, 1].min():.3f}.."
-          f"{jaw[:, 1].max():.3f}, mouth box {[int(x0), int(y0), int(x1), int(y1)]}, mean change {mouth_change:.3f}")
+    record("preview render", "mouth", f"frames {frames}, quiet {quiet}, loud {loud}, jaw quaternion x "
+           f"{jaw[:, 1].min():.3f}..{jaw[:, 1].max():.3f}, mouth box {[int(x0), int(y0), int(x1), int(y1)]}, mean "
+           f"change {mouth_change:.3f}")
 
 
 def test_worker_killed_mid_run(addon, head_model, long_audio: Path, raw_eng2) -> None:
@@ -495,10 +501,3 @@ def test_worker_killed_mid_run(addon, head_model, long_audio: Path, raw_eng2) ->
     assert info.value.kind == "crash" and "stopped unexpectedly" in str(info.value)
     assert "\n" not in str(info.value)
     assert scene_state() == before
-
-
-def test_print_times() -> None:
-    print()
-    for name, seconds in TIMES.items():
-        print(f"{name}: {seconds:.3f}")
-    print("environment threads:", os.cpu_count())

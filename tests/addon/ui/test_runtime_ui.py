@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 bpy = pytest.importorskip("bpy")
-from blender_addon import operators_runtime, runtime  # noqa: E402
+from blender_addon.ui import runtime as operators_runtime  # noqa: E402
+from blender_addon.worker import runtime  # noqa: E402
 
 
 class Recorder:

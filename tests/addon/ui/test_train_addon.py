@@ -15,9 +15,10 @@ from fixtures.common import AUDIO_DIR  # noqa: E402
 from fixtures.synthetic_head import make_head_arrays  # noqa: E402
 from fixtures.training import stage2_quick  # noqa: E402
 
-from blender_addon import rig, worker_client  # noqa: E402
 from blender_addon.flame import synthetic  # noqa: E402
-from blender_addon.keyframes import continuous_quaternions  # noqa: E402
+from blender_addon.scene import rig  # noqa: E402
+from blender_addon.scene.keyframes import continuous_quaternions  # noqa: E402
+from blender_addon.worker import client as worker_client  # noqa: E402
 
 
 def test_a_trained_checkpoint_drives_generate(tmp_path):

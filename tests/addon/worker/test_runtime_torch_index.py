@@ -12,7 +12,7 @@ import zipfile
 import pytest
 from fixtures.common import REPO
 
-from blender_addon import runtime  # noqa: E402
+from blender_addon.worker import runtime
 
 
 @pytest.mark.slow
