@@ -7,9 +7,11 @@
     python build.py --torch-from-index      # leave torch out: the add-on downloads it at set-up, with a notice
 
 Steps: build the `flametalk` wheel from inference/; make wheels/<platform>/ hold exactly the lock's wheels (pip
-download, sha256-checked); stage blender_addon/ (real files, no caches) with a one-platform blender_manifest.toml
-and runtime_wheels/ (the wheels + requirements.txt with hashes + runtime.json); zip it with Blender's extension CLI
-(`blender_ext.py build --split-platforms`) and check the result with `blender_ext.py validate`.
+download, sha256-checked); stage blender_addon/ (no caches) plus its `flame/` package copied from
+inference/flametalk/flame/ (the one source of the FLAME reader and the shared contract) with a one-platform
+blender_manifest.toml and runtime_wheels/ (the wheels + requirements.txt with hashes + runtime.json); zip it with
+Blender's extension CLI (`blender_ext.py build --split-platforms`) and check the result with `blender_ext.py
+validate`.
 Needs the developer environment (.venv: bpy provides the extension CLI, `packaging` reads wheels).
 """
 
@@ -31,8 +33,25 @@ from buildtools import locks, manifest
 
 ROOT = Path(__file__).resolve().parent
 ADDON = ROOT / "blender_addon"
-RUNTIME_DIR = "runtime_wheels"  # must match blender_addon/runtime.py BUNDLE_DIR
-STAGE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "blender_manifest.toml", RUNTIME_DIR)
+FLAME_SOURCE = ROOT / "inference" / "flametalk" / "flame"  # shipped as the add-on's `flame` package
+RUNTIME_DIR = "runtime_wheels"  # must match blender_addon/worker/runtime.py BUNDLE_DIR
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+
+
+def _stage_ignore(folder: str, names: list[str]) -> set[str]:
+    """Caches everywhere; at the top level also the source manifest (rendered per platform), a runtime folder and
+    a `flame` folder of a developer's own (the stage always gets a fresh copy of FLAME_SOURCE)."""
+    ignored = set(_IGNORE(folder, names))
+    if Path(folder).resolve() == ADDON.resolve():
+        ignored |= {"blender_manifest.toml", RUNTIME_DIR, "flame"} & set(names)
+    return ignored
+
+
+def copy_flame(target: Path) -> None:
+    """The shared FLAME package's modules (*.py only: no caches, no tests) as `target` (the add-on's flame/)."""
+    target.mkdir(parents=True)
+    for module in sorted(FLAME_SOURCE.glob("*.py")):
+        shutil.copy2(module, target / module.name)
 
 
 def project_version() -> str:
@@ -88,8 +107,8 @@ def stage(platform: locks.Platform, version: str, entries: list[locks.Entry], fl
           wheels_dir: Path, stage_root: Path, torch_from_index: bool) -> Path:
     source = stage_root / platform.name / manifest.EXTENSION_ID
     shutil.rmtree(source.parent, ignore_errors=True)
-    # copytree follows symlinks: blender_addon/flame -> ../inference/flametalk/flame becomes real files.
-    shutil.copytree(ADDON, source, ignore=STAGE_IGNORE)
+    shutil.copytree(ADDON, source, ignore=_stage_ignore)
+    copy_flame(source / "flame")
     (source / "blender_manifest.toml").write_text(manifest.render(version, [platform.name]), encoding="utf-8")
     bundle = source / RUNTIME_DIR
     bundle.mkdir()
@@ -139,7 +158,7 @@ def check_zip(path: Path, platform: str) -> None:
         requirements = archive.read(f"{RUNTIME_DIR}/requirements.txt").decode("utf-8")
     if f'platforms = ["{platform}"]' not in generated:
         sys.exit(f"build.py: {path.name}: manifest is not for {platform} only")
-    wanted = ["__init__.py", "flame/__init__.py", f"{RUNTIME_DIR}/runtime.json"]
+    wanted = ["__init__.py", "flame/__init__.py", "flame/contract.py", f"{RUNTIME_DIR}/runtime.json"]
     wanted += [f"{RUNTIME_DIR}/{line.rsplit('# ', 1)[1]}" for line in requirements.splitlines() if line.strip()]
     lacking = [name for name in wanted if name not in names]
     if lacking:

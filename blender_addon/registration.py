@@ -1,49 +1,29 @@
-"""Register/unregister the add-on's classes. Other modules extend CLASSES (order = registration order)."""
+"""Register/unregister the add-on: every `ui` module's CLASSES in one loop (the order below, each module's own
+order within), unregistered in reverse; then the scene properties and the load_pre handler."""
 
 from __future__ import annotations
 
 import bpy
 
-from . import operators_assets, operators_runtime, panel, properties
-from .operators_export import FLAMETALK_OT_export_fbx, FLAMETALK_OT_export_gltf
-from .operators_generate import FLAMETALK_OT_cancel, FLAMETALK_OT_generate, FLAMETALK_OT_use_take, cancel_on_load
-from .operators_rig import FLAMETALK_OT_build_head
-from .preferences import FLAMETALK_AddonPreferences
+from .ui import assets, export, generate, panel, preferences, properties, rig, runtime
+from .worker import client as worker_client
 
-CLASSES: list[type] = [
-    FLAMETALK_AddonPreferences,
-    properties.FLAMETALK_PG_settings,
-    properties.FLAMETALK_PG_state,
-    FLAMETALK_OT_build_head,
-    FLAMETALK_OT_generate,
-    FLAMETALK_OT_cancel,
-    FLAMETALK_OT_use_take,
-    FLAMETALK_OT_export_fbx,
-    FLAMETALK_OT_export_gltf,
-    *panel.CLASSES,
-    *operators_runtime.CLASSES,  # worker runtime set-up (packaging)
-    *operators_assets.CLASSES,  # model-file download
-]
+UI_MODULES = (preferences, properties, rig, generate, export, panel, runtime, assets)
+CLASSES: tuple[type, ...] = tuple(cls for module in UI_MODULES for cls in module.CLASSES)
 
 
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     properties.register_properties()
-    operators_runtime.register_hooks()
-    operators_assets.register_hooks()
-    if cancel_on_load not in bpy.app.handlers.load_pre:
-        bpy.app.handlers.load_pre.append(cancel_on_load)
+    if generate.cancel_on_load not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(generate.cancel_on_load)
 
 
 def unregister() -> None:
-    from .worker_client import stop_all
-
-    if cancel_on_load in bpy.app.handlers.load_pre:
-        bpy.app.handlers.load_pre.remove(cancel_on_load)
-    stop_all()
-    operators_runtime.unregister_hooks()
-    operators_assets.unregister_hooks()
+    if generate.cancel_on_load in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(generate.cancel_on_load)
+    worker_client.stop_all()
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         if getattr(cls, "is_registered", False):

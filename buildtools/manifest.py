@@ -2,7 +2,7 @@
 
 The manifest lists no `wheels`: Blender would unpack them into the one site-packages all extensions share, and the
 add-on itself needs nothing beyond Blender's own Python (numpy included). The worker's wheels travel as plain files
-in `runtime_wheels/` and go into a separate environment (see blender_addon/runtime.py).
+in `runtime_wheels/` and go into a separate environment (see blender_addon/worker/runtime.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python scripts/render_preview.py take.blend preview.png [--size 512] [--frame N]
 
-Workbench because it needs no GPU and takes well under a second per frame headless (Cycles/EEVEE: seconds).
+Workbench because it needs no GPU and is the quickest of Blender's engines headless.
 The camera is placed from the head's evaluated bounding box, looking at the face (FLAME's +Z face is Blender's -Y).
 """
 
@@ -17,7 +17,7 @@ import bpy
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from blender_addon import compat  # noqa: E402
+from blender_addon.scene import compat  # noqa: E402
 
 
 def jaw_open_frame(arm: bpy.types.Object) -> int | None:

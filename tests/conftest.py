@@ -1,13 +1,37 @@
-"""pytest fixtures only (the parity vector and a checkpoint folder with its reduced model); importable helpers live in
+"""pytest fixtures (the parity vector and a checkpoint folder with its reduced model) and session hooks (CI without
+bpy fails at once; the measurements tests recorded are printed at the end); importable helpers live in
 `tests/fixtures/`."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+from fixtures import report
 from fixtures.common import PARITY_VECTOR
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI=true a missing or broken bpy module is a failed run, not dozens of silent skips."""
+    if os.environ.get("CI") != "true":
+        return
+    try:
+        import bpy  # noqa: F401
+    except Exception as err:  # ImportError, or a bpy whose shared libraries are missing
+        pytest.exit(f"CI=true but the bpy module does not import ({type(err).__name__}: {err}); the Blender tests "
+                    "would all be skipped: install bpy (scripts/setup_env.sh) and its system libraries (.ci/run)",
+                    returncode=1)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The measurements tests recorded with fixtures.report.record(), by section."""
+    text = report.lines()
+    if text:
+        terminalreporter.section("measurements")
+        for line in text:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

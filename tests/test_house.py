@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from fixtures.common import REPO
 
 PACKAGES = {"flametalk": REPO / "inference" / "flametalk", "blender_addon": REPO / "blender_addon"}

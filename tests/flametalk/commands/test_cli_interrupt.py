@@ -28,7 +28,8 @@ pytest.importorskip("bpy")
 from fixtures.addon import ROOT, write_wav  # noqa: E402
 from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
 
-from blender_addon import cli, export  # noqa: E402
+from blender_addon.cli import main as cli  # noqa: E402
+from blender_addon.scene import export  # noqa: E402
 
 FAKE_WORKER = r'''
 import json, os, select, sys, time

@@ -20,7 +20,9 @@ bpy = pytest.importorskip("bpy")
 
 from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
 
-from blender_addon import cli, export  # noqa: E402
+from blender_addon.cli import main as cli  # noqa: E402
+from blender_addon.core import staging  # noqa: E402
+from blender_addon.scene import export  # noqa: E402
 
 DEAD_PID = 4_000_000  # above Linux's pid_max: no process has it
 
@@ -142,7 +144,7 @@ def test_a_swap_cut_short_puts_the_previous_file_back(tmp_path: Path) -> None:
     (tmp_path / f".t.fbx.flametalk-tmp-{DEAD_PID}.fbx").write_bytes(b"new, maybe incomplete")
     (tmp_path / f".u.glb.flametalk-old-{DEAD_PID}.glb").write_bytes(b"older glb")
     (tmp_path / "u.glb").write_bytes(b"new glb, swapped in")
-    removed = cli.clean_leftovers(str(tmp_path))
+    removed = staging.clean_leftovers(str(tmp_path))
     assert len(removed) == 3
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {
         "t.fbx": b"previous fbx", "u.glb": b"new glb, swapped in"}

@@ -17,7 +17,7 @@ from flametalk.io.audio import load_audio
 from flametalk.io.checkpoint import load_checkpoint
 from flametalk.io.motion import load_motion
 
-from blender_addon.worker_client import WorkerClient, WorkerError
+from blender_addon.worker.client import WorkerClient, WorkerError
 
 
 @pytest.fixture(scope="module")

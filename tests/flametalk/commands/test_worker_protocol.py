@@ -19,7 +19,7 @@ from fixtures.common import REPO
 from flametalk.commands import worker as worker_mod
 from flametalk.commands.worker import MAX_DEPTH, MAX_LINE_BYTES, Worker, parse_request
 
-from blender_addon.worker_client import WorkerClient, WorkerError
+from blender_addon.worker.client import WorkerClient, WorkerError
 
 # (request line, fragment of the error message, id the error event carries)
 BAD_LINES = [

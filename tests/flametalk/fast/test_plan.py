@@ -265,7 +265,7 @@ def test_the_worker_runs_the_forced_plan_and_reports_it(monkeypatch, parity_chec
     import soundfile as sf
     from flametalk.io.motion import load_motion
 
-    from blender_addon.worker_client import WorkerClient
+    from blender_addon.worker.client import WorkerClient
 
     monkeypatch.setenv(plans.PLAN_ENV, name)  # the worker process inherits it
     wav = tmp_path / "w.wav"

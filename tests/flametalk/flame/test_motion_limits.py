@@ -201,7 +201,7 @@ def blender(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _animate(blender: dict[str, Path], motion: Path, capsys: pytest.CaptureFixture, *extra: str) -> tuple[int, list]:
     import bpy
 
-    from blender_addon import cli
+    from blender_addon.cli import main as cli
 
     out = blender["folder"] / f"{motion.stem}.blend"
     bpy.ops.wm.read_homefile(use_empty=True)
@@ -245,7 +245,8 @@ def test_take_past_blenders_last_frame_is_refused_before_keying(blender: dict[st
 
     import bpy
 
-    from blender_addon import generate, keyframes, rig
+    from blender_addon.scene import job as generate
+    from blender_addon.scene import keyframes, rig
 
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene

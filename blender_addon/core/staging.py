@@ -1,0 +1,154 @@
+"""A take's output files written atomically (stdlib only, no bpy): every file goes to a temporary beside its final
+name (`.NAME.flametalk-tmp-PID.EXT`) and all are renamed into place together once complete, so a failed,
+interrupted or disk-full run leaves the previous files untouched. What a killed run left behind (its temporaries,
+a previous file moved aside during a swap cut short, Blender's `X.blend@`) is cleaned up by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+
+_TMP_MARK = ".flametalk-tmp-"  # a take's files while being written: .NAME.flametalk-tmp-PID.EXT
+_OLD_MARK = ".flametalk-old-"  # the previous file, moved aside for the moment of the swap
+
+
+
+def _side_path(final: str, mark: str, pid: int | None = None) -> str:
+    folder, name = os.path.split(final)
+    return os.path.join(folder, f".{name}{mark}{os.getpid() if pid is None else pid}{os.path.splitext(name)[1]}")
+
+
+def _pid_alive(pid: int, path: str) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers from an earlier line
+    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there: go by age instead
+        try:
+            return time.time() - os.path.getmtime(path) < 3600
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def clean_leftovers(folder: str, finals: Sequence[str] = ()) -> list[str]:
+    """Remove what a killed FlameTalk run left in `folder`: its temporaries (also Blender's `tmp@`) and, after a
+    swap cut short, the previous file moved aside (put back when its final name is empty). Files of a run still
+    alive are left alone. Also removes Blender's `X.blend@` of each of `finals` about to be written. Returns the
+    paths removed or restored."""
+    touched: list[str] = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return touched
+    for entry in entries:
+        for mark in (_TMP_MARK, _OLD_MARK):
+            at = entry.find(mark)
+            if not entry.startswith(".") or at < 0:
+                continue
+            digits = entry[at + len(mark):].split(".", 1)[0].rstrip("@")
+            if not digits.isdigit():
+                continue
+            path = os.path.join(folder, entry)
+            if _pid_alive(int(digits), path):
+                continue
+            final = os.path.join(folder, entry[1:at])
+            try:
+                if mark == _OLD_MARK and not entry.endswith("@") and not os.path.exists(final):
+                    os.replace(path, final)
+                else:
+                    os.unlink(path)
+                touched.append(path)
+            except OSError:
+                pass
+    for final in finals:
+        stale = final + "@"  # Blender writes X.blend@ and renames it: a kill in between leaves it behind
+        if final.lower().endswith(".blend") and os.path.isfile(stale):
+            try:
+                os.unlink(stale)
+                touched.append(stale)
+            except OSError:
+                pass
+    return touched
+
+
+class StagedOutputs:
+    """A take's output files written to temporaries in their own folders, renamed into place together by
+    `commit()`; on leaving the block without a commit (an error, an interrupt) the temporaries are removed and the
+    previous files stay as they were."""
+
+    def __init__(self, finals: Sequence[str]):
+        self.finals = [os.path.abspath(f) for f in finals]
+        self.temps = {final: _side_path(final, _TMP_MARK) for final in self.finals}
+        self.committed = False
+
+    def path(self, final: str) -> str:
+        return self.temps[os.path.abspath(final)]
+
+    def __enter__(self) -> StagedOutputs:
+        for folder in {os.path.dirname(f) for f in self.finals}:
+            clean_leftovers(folder, [f for f in self.finals if os.path.dirname(f) == folder])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        for temp in self.temps.values():
+            for path in (temp, temp + "@"):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def commit(self) -> None:
+        """Swap every final file for its temporary; if any step fails, the previous files are put back."""
+        missing = [t for t in self.temps.values() if not os.path.isfile(t)]
+        if missing:
+            raise RuntimeError(f"an output was not written: {missing[0]}")
+        moved: list[tuple[str, str]] = []  # (previous file moved aside, its final name)
+        placed: list[str] = []
+        try:
+            for final in self.finals:
+                if os.path.lexists(final):
+                    aside = _side_path(final, _OLD_MARK)
+                    os.replace(final, aside)
+                    moved.append((aside, final))
+            for final in self.finals:
+                os.replace(self.temps[final], final)
+                placed.append(final)
+        except BaseException:
+            for final in placed:
+                try:
+                    os.unlink(final)
+                except OSError:
+                    pass
+            for aside, final in moved:
+                try:
+                    os.replace(aside, final)
+                except OSError:
+                    pass
+            raise
+        for aside, _final in moved:
+            try:
+                os.unlink(aside)
+            except OSError:
+                pass
+        self.committed = True
+
+
+def write_json_atomic(path: str, data: object) -> None:
+    """`data` as JSON at `path` through a temporary in the same folder (never a half-written file)."""
+    staged = StagedOutputs([path])
+    with staged:
+        with open(staged.path(path), "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1)
+        staged.commit()
+

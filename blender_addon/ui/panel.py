@@ -1,0 +1,114 @@
+"""3D View sidebar > FlameTalk: head, audio, style, controls, Generate (progress + Cancel), takes, export."""
+
+from __future__ import annotations
+
+import bpy
+
+from ..flame.contract import MOTION_FPS, STYLE_FRAMES
+from ..scene import compat, takes
+from ..scene.rig import find_rig
+from .generate import active_job
+
+
+class _FlameTalkPanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "FlameTalk"
+
+
+class FLAMETALK_PT_main(_FlameTalkPanel, bpy.types.Panel):
+    bl_label = "FlameTalk"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.flametalk
+        state = context.window_manager.flametalk
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+
+        col = layout.column()
+        col.prop(settings, "head")
+        rig = find_rig(settings.head or context.active_object)
+        if rig is None:
+            col.label(text="No FLAME head selected", icon="ERROR")
+        col.operator("flametalk.build_head", icon="ADD")
+
+        col = layout.column()
+        col.prop(settings, "audio_source", expand=True)
+        if settings.audio_source == "FILE":
+            col.prop(settings, "audio_file")
+            col.prop(settings, "start_frame")
+        elif context.scene.sequence_editor is not None:
+            col.prop_search(settings, "audio_strip", context.scene.sequence_editor, compat.all_strips_property())
+        else:
+            col.label(text="The sequencer has no strips", icon="INFO")
+
+        col = layout.column()
+        col.prop(settings, "style_source")
+        if settings.style_source == "RELEASE":
+            col.prop(settings, "style_release")
+        elif settings.style_source == "FILE":
+            col.prop(settings, "style_file")
+        elif settings.style_source == "ACTION":
+            col.prop(settings, "style_action")
+            col.prop(settings, "style_frame")
+            fps = context.scene.render.fps / context.scene.render.fps_base
+            last = settings.style_frame + STYLE_FRAMES * fps / MOTION_FPS
+            col.label(text=f"Uses frames {settings.style_frame}..{last:.0f}")
+        col.prop(settings, "device")
+
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        if state.running or active_job() is not None:
+            progress = getattr(row, "progress", None)  # UILayout.progress: Blender 4.0+
+            if progress is not None:
+                progress(factor=state.progress, type="BAR", text=state.status or "Generating...")
+            else:
+                row.label(text=f"{state.status} {100 * state.progress:.0f}%")
+            row.operator("flametalk.cancel", text="", icon="CANCEL")
+        else:
+            row.operator("flametalk.generate", icon="PLAY_SOUND")
+
+
+class FLAMETALK_PT_controls(_FlameTalkPanel, bpy.types.Panel):
+    bl_label = "Controls"
+    bl_parent_id = "FLAMETALK_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        settings = context.scene.flametalk
+        col = layout.column()
+        col.prop(settings, "jaw_intensity")
+        col.prop(settings, "expression_intensity")
+        col.prop(settings, "head_intensity")
+        col.prop(settings, "smoothing")
+        col.prop(settings, "simplify")
+        sub = col.column()
+        sub.enabled = settings.simplify
+        sub.prop(settings, "simplify_expression")
+        sub.prop(settings, "simplify_rotation")
+        col.prop(settings, "push_to_nla")
+
+
+class FLAMETALK_PT_takes(_FlameTalkPanel, bpy.types.Panel):
+    bl_label = "Takes & Export"
+    bl_parent_id = "FLAMETALK_PT_main"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        names = takes.take_names()
+        if names:
+            box = layout.box()
+            for name in names[-8:]:
+                box.operator("flametalk.use_take", text=name, icon="ACTION").take = name
+        else:
+            layout.label(text="No takes yet")
+        row = layout.row(align=True)
+        row.operator("flametalk.export_fbx", text="FBX", icon="EXPORT")
+        row.operator("flametalk.export_gltf", text="glTF", icon="EXPORT")
+
+
+CLASSES: tuple[type, ...] = (FLAMETALK_PT_main, FLAMETALK_PT_controls, FLAMETALK_PT_takes)
