@@ -25,8 +25,8 @@ sys.path[:0] = [str(ROOT / "inference"), str(ROOT / "tests")]
 
 from fixtures.ict_flame import ict, ict_character, ict_flame_arrays, to_flame  # noqa: E402
 from flametalk.flame.reader import validate  # noqa: E402
-from flametalk.testing.synthetic_flame import random_motion  # noqa: E402
 from flametalk.retarget import Transfer, fit, solve, symmetry_pairs  # noqa: E402
+from flametalk.testing.synthetic_flame import random_motion  # noqa: E402
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ import pytest
 from fixtures.ict_flame import CM_DEGREES, cached_fit, ict, ict_flame, rotation, smooth_weights
 from flametalk.errors import FlameTalkError
 from flametalk.flame import forward, motion_to_pose
-from flametalk.testing.synthetic_flame import make_arrays, model_from_arrays, random_motion
 from flametalk.retarget import Fit, SolveOptions, Transfer, box_qp, retarget, solve
+from flametalk.testing.synthetic_flame import make_arrays, model_from_arrays, random_motion
 from scipy.optimize import lsq_linear, minimize
 
 # The FLAME-format model's expression basis: 27 of the ICT head's 53 shapes (both sides of some pairs, one side
