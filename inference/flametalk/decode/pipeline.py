@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from ..fast import filepages
 from ..fast.featext import swap_feature_extractor
 from ..fast.heap import keep_activation_memory, release_free_heap
 from ..fast.packed import fuse_encoder_gelu, pack_linears
-from ..fast.precision import model_plan
+from ..fast.precision import Mode, model_plan
 from ..flame.contract import MOTION_DIM, STYLE_FRAMES
 from ..model.artalk import ARTalkModel
 from ..model.audio_encoder import freeze_weight_norm
@@ -43,7 +44,8 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
         if plan.pack:
             swap_feature_extractor(model, "audio_encoder.feature_extractor")
             pack_linears(model)
-            fuse_encoder_gelu(model.audio_encoder.encoder.layers)
+            encoder: Any = model.audio_encoder.encoder  # transformers' module: untyped attributes
+            fuse_encoder_gelu(encoder.layers)
     model._file_weights = None  # conversions are over: let the mapping go with the last weight that uses it
     model._prepared_for_inference = True
     release_free_heap()
@@ -80,7 +82,7 @@ def generate_motion(model: ARTalkModel, audio_16k: np.ndarray, style_motion: np.
     return motion[0].float().cpu().numpy()
 
 
-def load_model(checkpoint: str | os.PathLike[str] | None = None, device: str = "auto", mode: str = "exact",
+def load_model(checkpoint: str | os.PathLike[str] | None = None, device: str = "auto", mode: Mode = "exact",
                cache: str | os.PathLike[str] | None = None) -> ARTalkModel:
     """Load a checkpoint folder (default: the release checkpoint in the asset cache, `python -m flametalk assets
     download`) on `device` (auto, cpu, cuda, cuda:N, mps) in `mode` ("exact": the release's fp32 numbers; "fast":

@@ -86,7 +86,8 @@ def forward(
     if expression.shape[0] not in (1, frames):
         raise ValueError(f"{expression.shape[0]} expression frames for {frames} pose frames")
     expression = np.broadcast_to(expression, (frames, expression.shape[1]))
-    verts, joints = [], []
+    verts: list[np.ndarray] = []
+    joints: list[np.ndarray] = []
     for start in range(0, frames, _CHUNK):  # bounded memory: the blend tensors are (chunk, V, 3, 3)
         stop = min(frames, start + _CHUNK)
         v, j = _forward_chunk(model, full_pose[start:stop], expression[start:stop], shape)

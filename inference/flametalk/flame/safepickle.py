@@ -61,6 +61,8 @@ class StandIn:
 
     pickle_module = ""
     pickle_name = ""
+    args: tuple[Any, ...]
+    state: Any
 
     def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
         obj = object.__new__(cls)
@@ -232,7 +234,7 @@ def restricted_loads(
     # which reads only what is there (ValueError past the end), and bound memo indices by the opcodes so far (a
     # pickler numbers them from 0).
     for count, (opcode, arg, _pos) in enumerate(pickletools.genops(data)):
-        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= count:
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not (isinstance(arg, int) and 0 <= arg <= count):
             raise pickle.UnpicklingError(f"memo index {arg} at opcode {count} is out of range")
     return RestrictedUnpickler(io.BytesIO(data), extra, persistent_load).load()
 

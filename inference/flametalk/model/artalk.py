@@ -7,6 +7,7 @@ Shapes: B batch, L tokens of one window over all scales (sum(patch_nums)), Lp pr
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,11 @@ class AdaLNHead(nn.Module):
 
 
 class ARTalkModel(nn.Module):
+    # set outside the network: the checkpoint's mapped file (io/checkpoint.py, dropped once converted) and
+    # whether decode/pipeline.py prepared the model for inference
+    _file_weights: Any = None
+    _prepared_for_inference: bool = False
+
     def __init__(self, cfg: ARTalkConfig):
         super().__init__()
         cfg.validate()

@@ -109,8 +109,8 @@ def select_keys(names: Sequence[str], keys: str | Sequence[str] = "all") -> list
             lower.setdefault(n.lower(), i)
         chosen, unknown = [], []
         for k in wanted:
-            i = exact.get(k, lower.get(k.lower()))
-            (unknown.append(k) if i is None else chosen.append(i))
+            found = exact.get(k, lower.get(k.lower()))
+            (unknown.append(k) if found is None else chosen.append(found))
         if unknown:
             shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
             raise FlameTalkError(f"unknown shape key(s): {shown} (the character has {len(names)} keys, "

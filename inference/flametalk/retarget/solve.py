@@ -68,8 +68,7 @@ def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray
             break
         free = ~fixed[active]
         target = x[active].copy()
-        keys = np.column_stack([which[active, None].astype(np.uint8), np.packbits(free, axis=1)]) if len(q_mats) \
-            < 256 else None
+        keys = np.column_stack([which[active, None], np.packbits(free, axis=1).astype(np.int64)])
         _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
         inverse = inverse.ravel()
         order = np.argsort(inverse, kind="stable")
