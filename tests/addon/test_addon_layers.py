@@ -167,3 +167,29 @@ def test_registration_covers_every_ui_module() -> None:
     assert all(isinstance(m.CLASSES, tuple) for m in with_classes)
     assert registration.CLASSES == tuple(c for m in registration.UI_MODULES for c in m.CLASSES)
     assert len(set(registration.CLASSES)) == len(registration.CLASSES)
+
+
+def _contract_names() -> set[str]:
+    tree = ast.parse((REPO / "inference" / "flametalk" / "flame" / "contract.py").read_text())
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def test_no_contract_number_is_defined_again_in_the_addon() -> None:
+    names = _contract_names()
+    assert {"MOTION_FPS", "MOTION_DIM", "PROTOCOL_VERSION", "STYLE_FRAMES"} <= names
+    twice = []
+    for module, path in _modules().items():
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                if isinstance(node, ast.AnnAssign) else []
+            twice += [f"{module}.{n.id}" for t in targets for n in ast.walk(t)
+                      if isinstance(n, ast.Name) and n.id in names]
+    assert twice == [], "defined outside flame/contract.py"
+
+
+def test_no_symlink_is_tracked() -> None:
+    """A symlink breaks checkouts on Windows without symlink rights (the add-on's `flame` once was one)."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    listing = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert [line.split("\t", 1)[1] for line in listing.splitlines() if line.startswith("120000")] == []
