@@ -1,4 +1,4 @@
-"""Client of the `flametalk.worker` process (stdlib only: Blender's Python never imports torch).
+"""Client of the `flametalk.commands.worker` process (stdlib only: Blender's Python never imports torch).
 
 The worker is started once with the Python chosen in the preferences and kept warm between takes. Events are read
 on a background thread into a queue; Blender code polls `poll()` from a timer/modal handler (UI) or calls `wait()`

@@ -1,4 +1,4 @@
-"""The worker runtime: a private Python environment that runs `python -m flametalk.worker`.
+"""The worker runtime: a private Python environment that runs `python -m flametalk.commands.worker`.
 
 The extension zip carries the runtime as plain wheel files in `runtime_wheels/` (not as manifest wheels: Blender
 would unpack those into the site-packages every extension shares, and torch alone is hundreds of MB). Set-up makes
