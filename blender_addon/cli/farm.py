@@ -49,7 +49,8 @@ REPORT_NAME = "farm_report.json"
 WORK_NAME = ".flametalk-farm"  # under --out-dir: motion/, done/, attempts/
 MARKER_FORMAT = 1  # part of every line key: a change of the marker's meaning reruns everything
 HOLD_ENV = "FLAMETALK_FARM_TEST_HOLD"  # tests: "NAME=SECONDS" holds NAME's first write before its files are renamed
-IN_FLIGHT_PER_ACTOR = 2  # one line working, one queued: no actor waits for the driver; few lines lost to a crash
+MODEL_IN_FLIGHT = 2  # per model actor: one line computing, one queued, so the model never waits for the driver
+WRITER_IN_FLIGHT = 1  # per writer: a slow or stuck Blender holds up only its own line
 PROGRESS_EVERY_S = 2.0
 RAY_MISSING = "the farm needs Ray: pip install 'flametalk[farm]' (into the Python that has bpy)"
 
@@ -254,9 +255,14 @@ def _prepare(line: _Line, args: argparse.Namespace, out_dir: str, work: str, fla
     options = {k: getattr(line_args, k) for k in _KEY_OPTIONS}
     options.update(format=MARKER_FORMAT, audio=fields["audio"], glb=bool(line_args.glb), fbx=bool(line_args.fbx))
     key = line_key(options, files, hashes)
+    # the motion depends on the model's inputs only: new scene options (fps, exports, controls) reuse it
+    model_files = {role: path for role, path in files.items() if role in ("audio", "style") or role.startswith(
+        "checkpoint:")}
+    model_key = line_key({"format": MARKER_FORMAT, **{k: v for k, v in fields.items() if k not in ("audio", "style")}},
+                         model_files, hashes)
     line.spec = {"name": row.name, "key": key, "args": vars(line_args), "fields": fields,
                  "timeout": args.timeout, "worker_python": req.worker_python,
-                 "motion": str(Path(work, "motion", f"{row.name}.{key[:16]}.npz")),
+                 "motion": str(Path(work, "motion", f"{row.name}.{model_key[:16]}.npz")),
                  "marker": str(Path(work, "done", f"{row.name}.json")),
                  "attempts": str(Path(work, "attempts", f"{row.name}.jsonl"))}
     line.entry.update(audio=fields["audio"], blend=line_args.out)
@@ -346,7 +352,8 @@ def _start_ray(ray: Any, args: argparse.Namespace, cpus_wanted: int) -> bool:
     return not args.ray
 
 
-def _start_actors(ray: Any, args: argparse.Namespace, python: str) -> tuple[list[Any], list[Any]]:
+def _start_actors(ray: Any, args: argparse.Namespace, python: str, need_model: bool) -> tuple[list[Any], list[Any]]:
+    """Model actors (none when every motion is already computed) and `--blender-writers` writers per node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
@@ -355,7 +362,7 @@ def _start_actors(ray: Any, args: argparse.Namespace, python: str) -> tuple[list
     retry = {"max_restarts": -1, "max_task_retries": args.max_retries}  # the actor always comes back; a line
     model_cls = ray.remote(ModelActor).options(  # is tried 1 + max_retries times
         num_cpus=args.model_cpus, num_gpus=1 if gpus else 0, scheduling_strategy="SPREAD", **retry)
-    models = [model_cls.remote(python) for _ in range(model_workers)]
+    models = [model_cls.remote(python) for _ in range(model_workers if need_model else 0)]
     writers = []
     for node in nodes:
         strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=True)  # elsewhere if it is lost
@@ -370,19 +377,20 @@ def _attempts(spec: dict[str, Any]) -> int:
 
 
 def _run_lines(ray: Any, lines: list[_Line], args: argparse.Namespace, progress: _Progress) -> None:
-    """Model, then writer, for every line: at most IN_FLIGHT_PER_ACTOR lines queued per actor."""
+    """Model, then writer, for every line; a few lines per actor at a time (the rest wait in the driver, so an
+    actor that dies takes no queue of lines with it)."""
     python = lines[0].spec["worker_python"]
-    models, writers = _start_actors(ray, args, python)
-    load = {id(a): 0 for a in models + writers}
     to_model = deque(ln for ln in lines if not Path(ln.spec["motion"]).is_file())
     to_write = deque(ln for ln in lines if Path(ln.spec["motion"]).is_file())
+    models, writers = _start_actors(ray, args, python, bool(to_model))
+    load = {id(a): 0 for a in models + writers}
     for ln in to_write:
         ln.model = {"motion": ln.spec["motion"], "model_seconds": 0.0}
     flight: dict[Any, tuple[str, _Line, Any]] = {}
 
-    def least(actors: list[Any]) -> Any:
+    def least(actors: list[Any], limit: int) -> Any:
         actor = min(actors, key=lambda a: load[id(a)])
-        return actor if load[id(actor)] < IN_FLIGHT_PER_ACTOR else None
+        return actor if load[id(actor)] < limit else None
 
     def finish(ln: _Line, status: str, **fields: Any) -> None:
         ln.entry.update(fields, status=status, attempts=_attempts(ln.spec))
@@ -391,11 +399,11 @@ def _run_lines(ray: Any, lines: list[_Line], args: argparse.Namespace, progress:
         progress.count(status)
 
     while to_model or to_write or flight:
-        while to_model and (actor := least(models)) is not None:
+        while to_model and (actor := least(models, MODEL_IN_FLIGHT)) is not None:
             ln = to_model.popleft()
             flight[actor.generate.remote(ln.spec)] = ("model", ln, actor)
             load[id(actor)] += 1
-        while to_write and (actor := least(writers)) is not None:
+        while to_write and (actor := least(writers, WRITER_IN_FLIGHT)) is not None:
             ln = to_write.popleft()
             flight[actor.write.remote(ln.spec, ln.model["motion"])] = ("writer", ln, actor)
             load[id(actor)] += 1
@@ -466,6 +474,7 @@ def run_farm(args: argparse.Namespace) -> int:
             progress.count("skipped", show=False)
             continue
         Path(ln.spec["attempts"]).unlink(missing_ok=True)  # this run's attempts only
+        _drop_stale_motion(ln.row.name, ln.spec["motion"])
         todo.append(ln)
     own = False
     stopped = False
@@ -475,7 +484,7 @@ def run_farm(args: argparse.Namespace) -> int:
             own = _start_ray(ray, args, cpus)
             progress.start()
             _run_lines(ray, todo, args, progress)
-    except Interrupted:
+    except KeyboardInterrupt:  # Interrupted, or Ray's own KeyboardInterrupt for our signal inside ray.wait
         stopped = True
     finally:
         with hold_interrupts():
@@ -498,6 +507,14 @@ def run_farm(args: argparse.Namespace) -> int:
     print(f"flametalk: farm done: {summary['ok']} written, {summary['skipped']} skipped, {failed} failed of "
           f"{len(lines)} lines in {out_dir}")
     return 1 if failed else 0
+
+
+def _drop_stale_motion(name: str, current: str) -> None:
+    """Remove the line's motion files computed for other inputs (`<name>.<16 hex>.npz`)."""
+    for path in Path(current).parent.glob(f"{name}.*.npz"):
+        digest = path.name[len(name) + 1:-len(".npz")]
+        if str(path) != current and len(digest) == 16 and all(c in "0123456789abcdef" for c in digest):
+            path.unlink(missing_ok=True)
 
 
 def _clean_after(out_dir: str, work: str, waited: bool) -> None:
