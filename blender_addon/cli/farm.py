@@ -98,8 +98,8 @@ class ModelActor:
     """One warm flametalk worker process; `generate(line)` writes the line's motion file (atomically)."""
 
     def __init__(self, python: str):
-        self.client = WorkerClient(python)
-        self.client.start()  # the model itself loads with the first line (and stays loaded)
+        StagedOutputs.clean_on_enter = False  # shared folders: the driver removes what dead attempts left
+        self.client = WorkerClient(python)  # started with the first line; the model loads then and stays loaded
 
     def info(self) -> dict[str, Any]:
         return {**_node(), "pid": os.getpid(), "worker_pid": (self.client.hello or {}).get("pid")}
@@ -109,9 +109,12 @@ class ModelActor:
         started = time.perf_counter()
         if Path(motion).is_file():  # an earlier attempt finished it (the file is only ever complete)
             return {"motion": motion, "model_seconds": 0.0, "model_node": _node()["node"]}
-        self.client.start()
+        try:
+            self.client.start()
+        except WorkerError as err:  # e.g. no torch in --worker-python: every line says so in one line
+            return {"error": " ".join(str(err).split())}
         _record_attempt(line, "model", worker_pid=(self.client.hello or {}).get("pid"))
-        with StagedOutputs([motion]) as staged:  # also removes a dead attempt's temporary
+        with StagedOutputs([motion]) as staged:
             try:
                 rid = self.client.submit("generate", out=staged.path(motion), **line["fields"])
                 event = self.client.wait(rid, timeout=line["timeout"])
@@ -131,6 +134,7 @@ class WriterActor:
     def __init__(self) -> None:
         import bpy  # noqa: F401 - once per actor process: every line reuses it
 
+        StagedOutputs.clean_on_enter = False  # shared folders: the driver removes what dead attempts left
         self.flames: dict[tuple[str, str | None], Any] = {}
 
     def info(self) -> dict[str, Any]:
@@ -327,8 +331,8 @@ class _Progress:
               f"{self.skipped} skipped), {rate:.1f} lines/min, ETA {eta}", file=sys.stderr, flush=True)
 
 
-def _start_ray(ray: Any, args: argparse.Namespace, cpus_wanted: int) -> bool:
-    """Connect to `--ray` (auto or an address) or start a local instance; True when the instance is our own."""
+def _start_ray(ray: Any, args: argparse.Namespace, cpus_wanted: int) -> None:
+    """Connect to `--ray` (auto or an address) or start a local instance (ray.shutdown() stops it again)."""
     pythonpath = [str(Path(__file__).resolve().parents[2])]  # the folder holding blender_addon
     pythonpath += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(pythonpath))}
@@ -349,7 +353,6 @@ def _start_ray(ray: Any, args: argparse.Namespace, cpus_wanted: int) -> bool:
     finally:
         for sig, handler in handlers.items():  # Ray sets its own: ours stop the farm cleanly
             signal.signal(sig, handler)
-    return not args.ray
 
 
 def _start_actors(ray: Any, args: argparse.Namespace, python: str, need_model: bool) -> tuple[list[Any], list[Any]]:
@@ -359,6 +362,11 @@ def _start_actors(ray: Any, args: argparse.Namespace, python: str, need_model: b
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
     gpus = int(ray.cluster_resources().get("GPU", 0))
     model_workers = args.model_workers or (gpus or len(nodes))
+    wanted = (0 if gpus or not need_model else model_workers * args.model_cpus) + args.blender_writers * len(nodes)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if wanted > cpus:  # the actors would wait for resources forever
+        raise CliError(f"the farm asks for {wanted} CPUs (model workers x --model-cpus + --blender-writers per node) "
+                       f"but the Ray cluster has {cpus}: lower --model-workers, --model-cpus or --blender-writers")
     retry = {"max_restarts": -1, "max_task_retries": args.max_retries}  # the actor always comes back; a line
     model_cls = ray.remote(ModelActor).options(  # is tried 1 + max_retries times
         num_cpus=args.model_cpus, num_gpus=1 if gpus else 0, scheduling_strategy="SPREAD", **retry)
@@ -476,12 +484,11 @@ def run_farm(args: argparse.Namespace) -> int:
         Path(ln.spec["attempts"]).unlink(missing_ok=True)  # this run's attempts only
         _drop_stale_motion(ln.row.name, ln.spec["motion"])
         todo.append(ln)
-    own = False
     stopped = False
     try:
         if todo:
             cpus = (args.model_workers or 1) * args.model_cpus + args.blender_writers
-            own = _start_ray(ray, args, cpus)
+            _start_ray(ray, args, cpus)
             progress.start()
             _run_lines(ray, todo, args, progress)
     except KeyboardInterrupt:  # Interrupted, or Ray's own KeyboardInterrupt for our signal inside ray.wait
@@ -490,7 +497,7 @@ def run_farm(args: argparse.Namespace) -> int:
         with hold_interrupts():
             if ray.is_initialized():
                 ray.shutdown()  # our actors go with the job (a line in progress is discarded)
-            _clean_after(out_dir, work, own)
+            _clean_after(out_dir, work)
     with hold_interrupts():
         entries = [ln.entry for ln in lines if ln.entry.get("status")]
         failed = sum(1 for e in entries if e["status"] == "failed")
@@ -517,9 +524,10 @@ def _drop_stale_motion(name: str, current: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def _clean_after(out_dir: str, work: str, waited: bool) -> None:
-    """Remove what dead attempts left (their processes are gone once Ray has shut down; give them a moment)."""
-    deadline = time.monotonic() + (3.0 if waited else 0.0)
+def _clean_after(out_dir: str, work: str) -> None:
+    """Remove what dead attempts left (their processes end once Ray has shut down or the job has ended: give
+    them a moment)."""
+    deadline = time.monotonic() + 3.0
     while True:
         for folder in (Path(out_dir), Path(work, "motion"), Path(work, "done")):
             clean_leftovers(str(folder))

@@ -318,3 +318,49 @@ def test_bad_invocations_are_one_line_and_exit_2(inputs, parity_checkpoint_dir, 
     assert _one_error(run) == ("flametalk: error: the farm needs Ray: pip install 'flametalk[farm]' (into the "
                                "Python that has bpy)")
     assert sorted(p.name for p in out.iterdir()) == []  # nothing written by a bad invocation
+
+
+def test_a_model_actor_whose_worker_died_exits_for_ray_to_retry(tmp_path, monkeypatch):
+    """The worker process of a model actor died mid-line: the actor process exits too, so Ray restarts it and
+    retries the line (max_task_retries); a line's own worker error is returned as that line's failure."""
+    from blender_addon.cli import farm
+    from blender_addon.worker.client import WorkerError
+
+    class Client:
+        kind = "crash"
+
+        def __init__(self):
+            self.hello = {"pid": 4242}
+
+        def start(self):
+            return self.hello
+
+        def submit(self, cmd, **fields):
+            assert cmd == "generate" and fields["out"] != line["motion"]  # written to a temporary
+            return 1
+
+        def wait(self, rid, timeout=None):
+            raise WorkerError("the worker stopped unexpectedly", self.kind)
+
+    class Exited(Exception):
+        pass
+
+    def exit_(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(farm, "_node", lambda: {"node": "n1", "host": "h"})
+    monkeypatch.setattr(farm.os, "_exit", exit_)
+    line = {"motion": str(tmp_path / "l1.0123456789abcdef.npz"), "attempts": str(tmp_path / "l1.jsonl"),
+            "fields": {"audio": "a.wav"}, "timeout": None}
+    actor = farm.ModelActor.__new__(farm.ModelActor)
+    actor.client = Client()
+    with pytest.raises(Exited):
+        actor.generate(line)
+    assert [a["worker_pid"] for a in _attempts_file(tmp_path / "l1.jsonl")] == [4242]
+    Client.kind = "input"
+    assert actor.generate(line) == {"error": "the worker stopped unexpectedly"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l1.jsonl"]  # no motion, no temporary
+
+
+def _attempts_file(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines()]
