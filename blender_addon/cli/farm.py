@@ -360,6 +360,8 @@ def _start_actors(ray: Any, args: argparse.Namespace, python: str, need_model: b
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    if not nodes:
+        raise CliError("the Ray cluster has no live node with CPUs for the Blender writers")
     gpus = int(ray.cluster_resources().get("GPU", 0))
     model_workers = args.model_workers or (gpus or len(nodes))
     wanted = (0 if gpus or not need_model else model_workers * args.model_cpus) + args.blender_writers * len(nodes)
