@@ -65,12 +65,17 @@ def run(manifest: Path, head: Path, checkpoint: Path, out: Path, mode: str, expo
     lines = json.loads((out / "farm_report.json").read_text())["lines"]
     model = [e["model_seconds"] for e in lines]
     blender = [e["blender_seconds"] for e in lines]
-    progress = [ln for ln in run.stderr.splitlines() if ln.startswith("flametalk: farm: ")]
     nodes = len({e["node"] for e in lines})
     print(f"{'local' if address is None else 'cluster'} ({nodes} writer node(s)): {len(lines)} lines in {wall:.1f} s "
-          f"wall; last progress: {progress[-1] if progress else '-'}; median model {statistics.median(model):.2f} s "
-          f"(first {max(model):.1f} s: model load), median Blender {statistics.median(blender):.2f} s per line",
-          flush=True)
+          f"wall, {steady_rate(out, len(lines)):.1f} lines/min after the first line; median model "
+          f"{statistics.median(model):.2f} s (first {max(model):.1f} s: model load), median Blender "
+          f"{statistics.median(blender):.2f} s per line", flush=True)
+
+
+def steady_rate(out: Path, count: int) -> float:
+    """Lines per minute between the first and the last finished .blend (the model loads before the first)."""
+    stamps = sorted(p.stat().st_mtime for p in out.glob("*.blend"))
+    return (count - 1) / max(stamps[-1] - stamps[0], 1e-9) * 60.0 if len(stamps) > 1 else 0.0
 
 
 def main() -> None:
