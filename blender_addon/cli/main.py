@@ -24,7 +24,8 @@ signal is held until the operator returns (raised inside one, Blender would turn
 The worker Python is `--worker-python`, else env FLAMETALK_WORKER_PYTHON / the managed runtime (as the add-on's
 preferences), else this Python (`sys.executable`: in a development checkout it has torch and flametalk).
 `animate` (animate.py) makes one take; `batch` (batch.py) makes one per audio file with one warm worker, the model
-computing the next line while Blender writes the current one; both go through take.py. This module parses the
+computing the next line while Blender writes the current one; `farm` (farm.py) runs a manifest of lines on a Ray
+cluster (model and Blender writer actors, resumable); all go through take.py. This module parses the
 arguments and turns every failure into one line and an exit status.
 """
 
@@ -39,6 +40,7 @@ from ..flame.contract import MOTION_DIM, MOTION_FPS
 from ..worker import client as worker_client
 from .animate import animate
 from .batch import run_batch
+from .farm import add_farm_parser, run_farm
 from .interrupts import EXIT_INTERRUPTED, Interrupted, handle_interrupts, hold_interrupts, interrupted
 from .take import CliError
 
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="generate each line only after the one before is written (for a machine shared with "
                             "other jobs)")
     _add_take_options(batch)
+    add_farm_parser(commands, _add_take_options)
     return parser
 
 
@@ -133,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None, GenerateError: type) -> int:  # noqa: N803 - the class, bpy or stand-in
     try:
         args = _parser().parse_args(argv)
+        if args.command == "farm":
+            return run_farm(args)
         return run_batch(args) if args.command == "batch" else animate(args)
     except Interrupted:
         raise

@@ -160,9 +160,11 @@ def start_generation(prep: PreparedTake) -> Any:
     return job
 
 
-def write_take(prep: PreparedTake, job: Any = None, busy: Callable[[bool], None] | None = None) -> dict[str, object]:
+def write_take(prep: PreparedTake, job: Any = None, busy: Callable[[bool], None] | None = None,
+               before_commit: Callable[[], None] | None = None) -> dict[str, object]:
     """Fresh scene, FLAME head, keys (from `job`'s motion, or the --motion file), .blend and exports.
-    `busy(False)` is called when Blender starts waiting for the worker, `busy(True)` when it works again."""
+    `busy(False)` is called when Blender starts waiting for the worker, `busy(True)` when it works again;
+    `before_commit()` once every file is written to its temporary, just before they are renamed into place."""
     import bpy
 
     from ..scene import export, rig
@@ -204,6 +206,8 @@ def write_take(prep: PreparedTake, job: Any = None, busy: Callable[[bool], None]
         except Exception:
             check_interrupt()  # an operator error caused by the signal is the interrupt, not a failure
             raise
+        if before_commit is not None:
+            before_commit()
         staged.commit()
     first, last = take.frame_range
     print(f"flametalk: wrote {prep.out} (take {take.name}: {len(result.motion)} frames at {MOTION_FPS} fps -> scene "

@@ -82,7 +82,13 @@ def clean_leftovers(folder: str, finals: Sequence[str] = ()) -> list[str]:
 class StagedOutputs:
     """A take's output files written to temporaries in their own folders, renamed into place together by
     `commit()`; on leaving the block without a commit (an error, an interrupt) the temporaries are removed and the
-    previous files stay as they were."""
+    previous files stay as they were.
+
+    Entering cleans what killed runs left in the output folders (`clean_leftovers`). Processes writing into a folder
+    that other machines write into too (the farm's actors) set `clean_on_enter = False`: a live temporary of
+    another machine's process looks dead from here (its pid means nothing on this machine)."""
+
+    clean_on_enter = True
 
     def __init__(self, finals: Sequence[str]):
         self.finals = [os.path.abspath(f) for f in finals]
@@ -93,7 +99,7 @@ class StagedOutputs:
         return self.temps[os.path.abspath(final)]
 
     def __enter__(self) -> StagedOutputs:
-        for folder in {os.path.dirname(f) for f in self.finals}:
+        for folder in {os.path.dirname(f) for f in self.finals} if self.clean_on_enter else ():
             clean_leftovers(folder, [f for f in self.finals if os.path.dirname(f) == folder])
         return self
 
