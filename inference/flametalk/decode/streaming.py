@@ -45,7 +45,7 @@ from .postprocess import HEAD_WINDOW, SMOOTH_WINDOW, postprocess_motion
 SMOOTH_DELAY_FRAMES = (max(HEAD_WINDOW, SMOOTH_WINDOW) - 1) // 2  # 4 frames (160 ms at 25 fps)
 SMOOTH_MIN_FRAMES = max(HEAD_WINDOW, SMOOTH_WINDOW)  # below 9 frames in all, postprocess shrinks its windows
 
-__all__ = ["SMOOTH_DELAY_FRAMES", "StreamingSmoother", "Streamer"]
+__all__ = ["SMOOTH_DELAY_FRAMES", "Streamer", "StreamingSmoother"]
 
 
 def _empty() -> np.ndarray:
@@ -174,10 +174,8 @@ class Streamer:
         from ..io.audio import _as_float_frames, _mono
 
         arr = np.asarray(samples)
-        if arr.size == 0 and arr.ndim <= 1:
-            mono = np.zeros(0, dtype=np.float32)
-        else:
-            mono = _mono(_as_float_frames(arr, -1))
+        empty = arr.size == 0 and arr.ndim <= 1
+        mono = np.zeros(0, dtype=np.float32) if empty else _mono(_as_float_frames(arr, -1))
         if not np.isfinite(mono).all():
             raise FlameTalkError("streamed audio holds NaN or infinite samples")
         if self._resampler is None:
