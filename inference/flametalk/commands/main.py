@@ -3,6 +3,8 @@
   generate AUDIO [--checkpoint PATH] [--style S] [--style-start FRAME] [--device D] [--out FILE] [--no-postprocess]
       Speech -> motion .npz (motion (T, 106) float32 at 25 fps + provenance). Default --out: `<audio stem>.motion.npz`
       in the current folder (the audio's folder may be read-only or shared). Default checkpoint: the asset cache.
+  serve [--host 127.0.0.1] [--port 8765] [--checkpoint PATH] [--mode M] [--speed X]
+      A WebSocket server: PCM in, motion frames out as each 4-s window is final (commands/serve.py).
   devices [--json]
       What this machine has (CPU features, GPUs) and the kernel plan each mode uses (fast/plan.py).
   reference-run VECTOR.pt OUT.pt
@@ -297,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("drift", parents=[common], help="fast-mode drift from exact mode, as JSON")
     drift.add_arguments(d)
     d.set_defaults(func=drift.command)
+
+    from . import serve
+
+    s = sub.add_parser("serve", parents=[common], help="streaming generation over a WebSocket (PCM in, motion out)")
+    serve.add_arguments(s)
+    s.set_defaults(func=serve.command)
 
     from ..train import commands as train_commands  # argparse only: torch loads when a command runs
 
