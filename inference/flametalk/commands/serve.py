@@ -21,8 +21,9 @@ seconds since "open".
 Limits: at most --max-clients connections (others get an error and are closed), a message at most MAX_MESSAGE_BYTES
 (1 MiB; the library closes the connection with code 1009 beyond), PCM at most --speed times real time plus
 BURST_S (2 s) ahead of the wall clock since the take's first audio (default speed 1: a live source; raise it to
-send recorded files faster), and at most QUEUE_CHUNKS messages waiting for the model. A client that breaks a
-rule gets one {"type": "error", "message": "..."} and the connection is closed (code 1008); the server goes on.
+send recorded files faster), and at most QUEUE_CHUNKS messages waiting for the model (then the server stops
+reading the connection until the model catches up: TCP pushes back on the client). A client that breaks a rule
+gets one {"type": "error", "message": "..."} and the connection is closed (code 1008); the server goes on.
 """
 
 from __future__ import annotations
@@ -167,10 +168,7 @@ class Session:
                         f"{now - first_audio:.2f} s (this server takes at most {self.limits.speed:g}x real time "
                         f"plus {self.limits.burst_s:g} s); send it as it is recorded, or start the server with "
                         "--speed N for recorded files")
-                if chunks.full():
-                    raise ClientError(f"more than {self.limits.queue_chunks} audio messages are waiting for the "
-                                      "model (it computes slower than you send); send less often or slower")
-                chunks.put_nowait(np.frombuffer(msg, dtype="<i2"))
+                await chunks.put(np.frombuffer(msg, dtype="<i2"))  # full: stop reading until the model catches up
         except BaseException:  # a broken rule or a closed connection: the take's remaining work is dropped
             computed.cancel()
             raise
