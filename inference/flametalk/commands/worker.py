@@ -193,11 +193,11 @@ def parse_request(raw: bytes | str) -> dict[str, Any]:
         if not isinstance(postprocess, bool):
             raise BadRequest(f"generate: 'postprocess' must be true or false, got {_show(postprocess)}", rid)
         out["postprocess"] = postprocess
-        for flag in ("progressive", "keep_partial"):
-            value = req.get(flag, False)
-            if not isinstance(value, bool):
-                raise BadRequest(f"generate: {flag!r} must be true or false, got {_show(value)}", rid)
-            out[flag] = value
+        for flag in ("progressive", "keep_partial"):  # kept only when given: old requests parse as before
+            if flag in req:
+                if not isinstance(req[flag], bool):
+                    raise BadRequest(f"generate: {flag!r} must be true or false, got {_show(req[flag])}", rid)
+                out[flag] = req[flag]
     elif cmd == "cancel":
         target = req.get("target")
         if not _valid_id(target):

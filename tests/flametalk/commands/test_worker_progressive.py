@@ -163,4 +163,5 @@ def test_progressive_flags_must_be_booleans():
     with pytest.raises(BadRequest, match="'keep_partial' must be true or false"):
         parse_request('{"id":1,"cmd":"generate","audio":"a.wav","out":"x.npz","keep_partial":"yes"}')
     req = parse_request('{"id":1,"cmd":"generate","audio":"a.wav","out":"x.npz"}')
-    assert req["progressive"] is False and req["keep_partial"] is False  # old requests: as before
+    assert "progressive" not in req and "keep_partial" not in req  # old requests parse as before
+    assert parse_request('{"id":1,"cmd":"generate","audio":"a","out":"x","progressive":true}')["progressive"] is True
