@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import struct
 import sys
@@ -131,8 +132,9 @@ class Session:
         from ..flame.contract import MOTION_FPS, PROTOCOL_VERSION, SAMPLE_RATE
 
         try:
-            streamer = await asyncio.to_thread(Streamer, self.model, style=opening["style"], rate=opening["rate"],
-                                               postprocess=opening["postprocess"])
+            streamer = await asyncio.to_thread(self._compute, functools.partial(
+                Streamer, self.model, style=opening["style"], rate=opening["rate"],
+                postprocess=opening["postprocess"]))
         except FlameTalkError as err:
             raise ClientError(str(err)) from None
         t0 = time.perf_counter()

@@ -127,7 +127,7 @@ def test_each_window_s_frames_arrive_before_the_next_window_is_computed(worker, 
     # timestamps: window k's event was read before window k + 1 was done (the gap is the next window's compute)
     for a, b in itertools.pairwise(frames[:3]):
         assert a["_received"] < b["_received"] and a["t"] < b["t"]
-        assert b["_received"] - a["_received"] > 0.5 * (b["t"] - a["t"])
+        assert b["_received"] - a["_received"] > 0.5 * (b["t"] - a["t"]) - 0.1  # 0.1 s: pipe and thread jitter
     report.record("progressive worker takes (reduced model)", f"first window's frames (postprocess={postprocess})",
                   f"{frames[0]['t']:.2f} s after the request, of {seen[-1]['seconds']:.2f} s in all")
 
