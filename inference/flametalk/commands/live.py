@@ -54,7 +54,11 @@ class WavSource:
             if self.speed > 0:  # a live input delivers a block when its last sample has been captured
                 due = t0 + (i + block.shape[0]) / self.rate / self.speed
                 time.sleep(max(0.0, due - time.perf_counter()))
-            yield block, time.perf_counter()
+                # its capture time is when it was due, even if the consumer was busy decoding then (a microphone
+                # keeps recording meanwhile; PortAudio's callback stamps its blocks likewise)
+                yield block, due
+            else:
+                yield block, time.perf_counter()
 
 
 class DeviceSource:
