@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def main() -> None:
                               "max": round(float(lat.max()), 2)},
                 "window1_first_last_s": [lines[0]["latency_first_s"], lines[0]["latency_last_s"]],
                 "window_compute_s_est": round(float(lines[0]["latency_last_s"]), 2),
-                "load_avg": round(__import__("os").getloadavg()[0], 1)}), flush=True)
+                "load_avg": round(os.getloadavg()[0], 1)}), flush=True)
             del model
 
 
