@@ -7,6 +7,7 @@ The public API, importable without loading torch (each name loads its module on 
     motion = flametalk.generate(model, "speech.wav", style="natural_0")   # (T, 106) float32 at 25 fps
     flametalk.write_motion("speech.motion.npz", motion)
     motion, fps, provenance = flametalk.read_motion("speech.motion.npz")
+    streamer = flametalk.Streamer(model, rate=48000)      # audio in chunks -> the same motion as it is final
 
 The package, by concern: flame/ (pure numpy, shared with the Blender add-on: units, FLAME reader, motion files),
 model/ (the network), decode/ (generation), fast/ (speed and memory paths), io/ (files in and out), assets/ (the
@@ -24,6 +25,7 @@ from .errors import FlameTalkError
 if TYPE_CHECKING:
     from .decode.pipeline import generate, load_model
     from .decode.postprocess import postprocess_motion
+    from .decode.streaming import Streamer
     from .io.audio import load_audio
     from .io.motion import load_motion as read_motion
     from .io.motion import save_motion as write_motion
@@ -34,6 +36,7 @@ _LAZY = {
     "load_model": ("flametalk.decode.pipeline", "load_model"),
     "generate": ("flametalk.decode.pipeline", "generate"),
     "postprocess_motion": ("flametalk.decode.postprocess", "postprocess_motion"),
+    "Streamer": ("flametalk.decode.streaming", "Streamer"),
     "load_audio": ("flametalk.io.audio", "load_audio"),
     "load_style": ("flametalk.io.style", "load_style"),
     "read_motion": ("flametalk.io.motion", "load_motion"),
@@ -41,8 +44,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "FlameTalkError", "__version__", "generate", "load_audio", "load_model", "load_style", "postprocess_motion",
-    "read_motion", "write_motion",
+    "FlameTalkError", "Streamer", "__version__", "generate", "load_audio", "load_model", "load_style",
+    "postprocess_motion", "read_motion", "write_motion",
 ]  # fmt: skip
 
 

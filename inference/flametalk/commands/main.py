@@ -3,6 +3,10 @@
   generate AUDIO [--checkpoint PATH] [--style S] [--style-start FRAME] [--device D] [--out FILE] [--no-postprocess]
       Speech -> motion .npz (motion (T, 106) float32 at 25 fps + provenance). Default --out: `<audio stem>.motion.npz`
       in the current folder (the audio's folder may be read-only or shared). Default checkpoint: the asset cache.
+  serve [--host 127.0.0.1] [--port 8765] [--checkpoint PATH] [--mode M] [--speed X]
+      A WebSocket server: PCM in, motion frames out as each 4-s window is final (commands/serve.py).
+  live [--device N | --wav FILE] [--out take.npz] [--mode M]
+      Microphone (sounddevice) -> motion frames as they are final, with their latency (commands/live.py).
   devices [--json]
       What this machine has (CPU features, GPUs) and the kernel plan each mode uses (fast/plan.py).
   reference-run VECTOR.pt OUT.pt
@@ -297,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("drift", parents=[common], help="fast-mode drift from exact mode, as JSON")
     drift.add_arguments(d)
     d.set_defaults(func=drift.command)
+
+    from . import serve
+
+    s = sub.add_parser("serve", parents=[common], help="streaming generation over a WebSocket (PCM in, motion out)")
+    serve.add_arguments(s)
+    s.set_defaults(func=serve.command)
+
+    from . import live
+
+    li = sub.add_parser("live", parents=[common], help="motion from a microphone (or a WAV file) as you speak")
+    live.add_arguments(li)
+    li.set_defaults(func=live.command)
 
     from ..train import commands as train_commands  # argparse only: torch loads when a command runs
 

@@ -15,6 +15,16 @@ Requests (each has an "id" the answers repeat):
      ("audio_cached": the clip's audio conditions were kept from an earlier take on this model, so the audio
      encoder did not run: another style for the same line costs only the decoding; "plan": the kernels the model
      runs, fast/plan.py)
+  Progressive takes ("progressive": true on generate; "features" in hello lists "progressive"): after each 4-s
+  window the frames that became final are sent at once, before that window's progress event:
+  <- {"event": "frames", "id": 1, "window": 0, "windows": 3, "start": 0, "stop": 96, "final": false, "t": 1.23,
+      "motion": "<base64>"}
+     ("motion": frames [start, stop) as little-endian float32, row-major (stop - start, 106), post-processed when
+     "postprocess" is; they will not change: with post-processing each window's last 4 frames wait for the next
+     window, decode/streaming.py; the last event has "final": true and "stop" = the take's frame count; "t":
+     seconds since the job started). The result follows as usual. With "keep_partial": true a cancelled
+     progressive job saves the frames sent so far as a shorter take at "out" (its cancelled error event then
+     carries "kept": frames); otherwise cancel keeps nothing, as without it.
   -> {"id": 5, "cmd": "spare_cores", "cores": 1}  CPU threads the model leaves to the caller from now on (the
      batch CLI: one while Blender writes a line, none while it waits); applied at once, from the next 4-s window of
      a running job; jobs run on max(1, threads of "hello" - cores). No answer unless it is bad (an error event).
@@ -36,7 +46,8 @@ keeps serving. The rules:
     or null; "cmd" is one of COMMANDS;
   - text fields ("audio", "out", "checkpoint", "device", "style") are strings of at most MAX_TEXT_CHARS (32,768)
     characters without NUL; "mode" is "exact" or "fast"; "style_start" and "cores" are whole numbers >= 0
-    (at most 10**9 and 4096); "postprocess" is true or false; fields a command does not use are ignored;
+    (at most 10**9 and 4096); "postprocess", "progressive" and "keep_partial" are true or false; fields a command
+    does not use are ignored;
   - after a shutdown request, further jobs are answered "the worker is shutting down" (ping and cancel still work).
 When its stdin closes (the add-on went away) the worker cancels the job in progress at its next window, drops the
 queued ones and exits; if the job has not stopped within EXIT_GRACE_S (5 s) the process exits anyway.
@@ -70,7 +81,9 @@ MODES = ("exact", "fast")  # flametalk.fast.precision.MODES (not imported here: 
 
 
 class Cancelled(Exception):
-    pass
+    def __init__(self, kept: int | None = None):
+        super().__init__("cancelled")
+        self.kept = kept  # frames a progressive job saved as a shorter take (keep_partial)
 
 
 class BadRequest(Exception):
@@ -180,6 +193,11 @@ def parse_request(raw: bytes | str) -> dict[str, Any]:
         if not isinstance(postprocess, bool):
             raise BadRequest(f"generate: 'postprocess' must be true or false, got {_show(postprocess)}", rid)
         out["postprocess"] = postprocess
+        for flag in ("progressive", "keep_partial"):  # kept only when given: old requests parse as before
+            if flag in req:
+                if not isinstance(req[flag], bool):
+                    raise BadRequest(f"generate: {flag!r} must be true or false, got {_show(req[flag])}", rid)
+                out[flag] = req[flag]
     elif cmd == "cancel":
         target = req.get("target")
         if not _valid_id(target):
@@ -287,8 +305,9 @@ class Worker:
                     self.send(event="loaded", id=rid)
                 else:
                     raise FlameTalkError(f"unknown command {cmd!r}")
-            except Cancelled:
-                self.send(event="error", id=rid, kind="cancelled", message="cancelled")
+            except Cancelled as err:
+                extra = {} if err.kept is None else {"kept": err.kept}
+                self.send(event="error", id=rid, kind="cancelled", message="cancelled", **extra)
             except FlameTalkError as err:
                 self.send(event="error", id=rid, kind="input", message=str(err))
             except Exception as err:  # a bug or an environment problem: say what, keep serving
@@ -343,9 +362,16 @@ class Worker:
             # the client's spare_cores command may have changed since the last window
             self.send(event="progress", id=rid, done=done, total=total, stage="generate", threads=self.use_threads())
 
-        motion = generate_motion(model, audio, style, progress=progress, cache=self.condition_cache)
+        live = _Progressive(self, req, t0, audio.shape[0]) if req.get("progressive") else None
+        try:
+            motion = generate_motion(model, audio, style, progress=progress, cache=self.condition_cache,
+                                     on_window=live.window if live else None)
+        except Cancelled:
+            raise Cancelled(live.keep(save_motion, style_name) if live else None) from None
         if req.get("postprocess", True):
             motion = postprocess_motion(motion)
+        if live:
+            live.finish()
         if rid in self.cancelled or self.stdin_closed.is_set():
             raise Cancelled()
         provenance = {
@@ -369,6 +395,57 @@ class Worker:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         return threads
+
+
+class _Progressive:
+    """A progressive generate job: each window's final frames go out in a "frames" event at once."""
+
+    def __init__(self, worker: Worker, req: dict[str, Any], t0: float, samples: int):
+        from ..decode.autoregressive import frames_for_samples
+        from ..decode.streaming import StreamingSmoother
+
+        self.worker, self.req, self.t0 = worker, req, t0
+        self.rid = req.get("id")
+        self.smoother = StreamingSmoother() if req.get("postprocess", True) else None
+        self.parts: list[Any] = []
+        self.frames = 0
+        self.windows = -(-frames_for_samples(samples) // 100)  # the take's 4-s windows
+
+    def _emit(self, new: Any, window: int, final: bool) -> None:
+        import base64
+
+        import numpy as np
+
+        start = self.frames
+        if new.shape[0] or final:
+            self.parts.append(new)
+            self.frames += new.shape[0]
+            data = base64.b64encode(np.ascontiguousarray(new, dtype="<f4").tobytes()).decode("ascii")
+            self.worker.send(event="frames", id=self.rid, window=window, windows=self.windows, start=start,
+                             stop=self.frames, final=final, t=round(time.perf_counter() - self.t0, 3), motion=data)
+
+    def window(self, w: int, raw: Any) -> None:
+        self._emit(self.smoother.feed(raw) if self.smoother else raw, w, final=False)
+
+    def finish(self) -> None:
+        import numpy as np
+
+        rest = self.smoother.finish() if self.smoother else np.zeros((0, 106), np.float32)
+        self._emit(rest, self.windows - 1, final=True)
+
+    def keep(self, save_motion: Any, style_name: str) -> int | None:
+        """Cancelled: with keep_partial, the frames sent so far become a shorter take at "out"."""
+        import numpy as np
+
+        kept = None
+        if self.req.get("keep_partial") and self.frames:
+            motion = np.concatenate(self.parts)
+            save_motion(self.req["out"], motion, provenance={
+                "checkpoint": self.worker.checkpoint_info, "style": style_name, "mode": self.req.get("mode", "exact"),
+                "postprocess": bool(self.req.get("postprocess", True)), "audio": str(self.req["audio"]),
+                "partial": True})
+            kept = int(motion.shape[0])
+        return kept
 
 
 def available_devices() -> list[str]:
@@ -397,7 +474,8 @@ def main() -> int:
         return 3
     worker.default_threads = torch.get_num_threads()
     worker.send(event="hello", protocol=PROTOCOL_VERSION, flametalk=__version__, torch=torch.__version__,
-                python=sys.executable, devices=available_devices(), pid=os.getpid(), threads=worker.default_threads)
+                python=sys.executable, devices=available_devices(), pid=os.getpid(), threads=worker.default_threads,
+                features=["progressive"])
 
     def read_then_exit() -> None:
         worker.read_requests(getattr(sys.stdin, "buffer", sys.stdin))  # None (no stdin) reads as closed

@@ -21,6 +21,7 @@ from ..model.audio_encoder import encode_audio_windows
 from .condcache import ConditionCache, audio_key
 
 ProgressFn = Callable[[int, int], None]
+WindowFn = Callable[[int, torch.Tensor], None]  # (window index, its motion (B, frames, D) fp32, trimmed at the end)
 
 
 def frames_for_samples(num_samples: int) -> int:
@@ -52,6 +53,11 @@ class Generator:
         self.audio_batch = default_audio_batch(model.pos_embed.device) if audio_batch is None else audio_batch
 
     # ---- audio ----
+    @property
+    def window_samples(self) -> int:
+        """16 kHz samples per window (64,000 for 100 frames), the release's int(T / 25 * 16000)."""
+        return int(self.cfg.window_frames / float(MOTION_FPS) * SAMPLE_RATE)
+
     def split_windows(self, audio_BN: torch.Tensor) -> torch.Tensor:
         """Zero-pad to whole windows -> (W, B, samples_per_window)."""
         B, N = audio_BN.shape
@@ -59,7 +65,7 @@ class Generator:
         T = self.cfg.window_frames
         padded_frames = math.ceil(frames / T) * T
         padded = int(padded_frames / float(MOTION_FPS) * SAMPLE_RATE)
-        per_window = int(T / float(MOTION_FPS) * SAMPLE_RATE)
+        per_window = self.window_samples
         audio_BN = torch.cat([audio_BN, audio_BN.new_zeros(B, padded - N)], dim=-1)
         return audio_BN.view(B, -1, per_window).transpose(0, 1)
 
@@ -160,11 +166,12 @@ class Generator:
     # ---- whole clip ----
     def run(self, audio_BN: torch.Tensor, style_BLD: torch.Tensor | None = None,
             progress: ProgressFn | None = None, recompute: bool = False,
-            cache: ConditionCache | None = None) -> torch.Tensor:
+            cache: ConditionCache | None = None, on_window: WindowFn | None = None) -> torch.Tensor:
         """Audio (B, N) float32 16 kHz -> raw motion (B, frames, motion_dim).
 
         With a `cache` (only for this model's weights), a clip seen before reuses its audio conditions and a new
-        one leaves them there once the whole clip is done."""
+        one leaves them there once the whole clip is done. `on_window(w, motion)` gets each window's motion as soon
+        as it is decoded (the last one cut to the clip's length), before `progress(w + 1, total)`."""
         B, N = audio_BN.shape
         audio_BN = audio_BN.float()
         style_B1E = self.model.style_condition(style_BLD, batch=B)
@@ -178,7 +185,7 @@ class Generator:
         keep = cache is not None and cached is None
         kept: list[torch.Tensor] = []
         kept_bytes = 0
-        state = self.initial_state(style_B1E)
+        loop = WindowLoop(self, style_B1E, recompute=recompute)
         motions = []
         for w, cond_BLD in enumerate(conds):
             if keep:  # an hour-long clip would outgrow any budget: stop holding its conditions once it does
@@ -187,13 +194,36 @@ class Generator:
                 keep = kept_bytes <= cache.budget_bytes
                 if not keep:
                     kept.clear()
-            bits = self.window_bits(cond_BLD, state, style_B1E, recompute=recompute)
-            _, motion = self.model.basic_vae.decode_pair(state.prev_bits, bits)  # fp32 in every mode
-            motions.append(motion)
-            if w + 1 < total:
-                state = self.next_state(state, motion, style_B1E)
+            motions.append(loop.step(cond_BLD))
+            if on_window:
+                on_window(w, motions[-1][:, : frames_for_samples(N) - w * self.cfg.window_frames].float())
             if progress:
                 progress(w + 1, total)
         if keep:
             cache.put(key, kept)
         return torch.cat(motions, dim=1)[:, : frames_for_samples(N)].float()
+
+
+class WindowLoop:
+    """The window-to-window state of one clip, shared by one-shot generation (Generator.run) and streaming
+    (decode/streaming.py): each window's audio condition in, that window's motion (B, T, D) fp32 out.
+
+    The state for window k + 1 (the previous window's bits re-encoded, the context tokens shifted) is computed
+    when window k + 1 arrives, not after window k: a clip's last window costs no state nobody reads, and a stream
+    does not need to know which window is its last."""
+
+    def __init__(self, gen: Generator, style_B1E: torch.Tensor, recompute: bool = False):
+        self.gen, self.style_B1E, self.recompute = gen, style_B1E, recompute
+        self.state = gen.initial_state(style_B1E)
+        self.windows = 0  # windows decoded so far
+        self._last_motion: torch.Tensor | None = None
+
+    def step(self, cond_BLD: torch.Tensor) -> torch.Tensor:
+        gen = self.gen
+        if self._last_motion is not None:
+            self.state = gen.next_state(self.state, self._last_motion, self.style_B1E)
+        bits = gen.window_bits(cond_BLD, self.state, self.style_B1E, recompute=self.recompute)
+        _, motion = gen.model.basic_vae.decode_pair(self.state.prev_bits, bits)  # fp32 in every mode
+        self._last_motion = motion
+        self.windows += 1
+        return motion

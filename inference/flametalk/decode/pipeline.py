@@ -57,9 +57,12 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
 @torch.inference_mode()
 def generate_motion(model: ARTalkModel, audio_16k: np.ndarray, style_motion: np.ndarray | None = None,
                     progress: ProgressFn | None = None, recompute: bool = False,
-                    cache: ConditionCache | None = None) -> np.ndarray:
+                    cache: ConditionCache | None = None,
+                    on_window: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
     """Mono 16 kHz float audio (N,) -> raw model motion (ceil(N / 640), 106) float32 at 25 fps.
 
+    `on_window(w, frames)` gets each 4-s window's raw motion (frames, 106) float32 as soon as it is decoded (the
+    progressive worker job); the rows are the same as the returned motion's rows w * 100 onwards.
     `progress(done_windows, total_windows)` is called before the first and after every 4-s window. `cache` keeps
     audio conditions between calls on this same model (the warm worker: another take of a line skips the encoder).
     Post-processing (smoothing, jaw roll/yaw zeroing) is separate: decode/postprocess.py.
@@ -78,8 +81,17 @@ def generate_motion(model: ARTalkModel, audio_16k: np.ndarray, style_motion: np.
         style = torch.from_numpy(style_arr)[None].to(device)
     audio_t = torch.from_numpy(audio)[None].to(device)
     prepare_for_inference(model)
-    motion = Generator(model).run(audio_t, style, progress=progress, recompute=recompute, cache=cache)
+    window_fn = _first_clip_as_numpy(on_window) if on_window is not None else None
+    motion = Generator(model).run(audio_t, style, progress=progress, recompute=recompute, cache=cache,
+                                  on_window=window_fn)
     return motion[0].float().cpu().numpy()
+
+
+def _first_clip_as_numpy(on_window: Callable[[int, np.ndarray], None]) -> Callable[[int, torch.Tensor], None]:
+    def call(w: int, motion_BTD: torch.Tensor) -> None:
+        on_window(w, motion_BTD[0].float().cpu().numpy())
+
+    return call
 
 
 def load_model(checkpoint: str | os.PathLike[str] | None = None, device: str = "auto", mode: Mode = "exact",
