@@ -16,5 +16,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
-.venv/bin/python -m pip install -q "numpy<2" "bpy==5.0.1" -e "inference[dev,farm]"  # farm: Ray, for the farm tests
+.venv/bin/python -m pip install -q "numpy<2" "bpy==5.0.1" -e "inference[dev,farm,stream]"  # farm: Ray; stream: websockets, sounddevice (their tests)
 echo "$want" > "$stamp"
