@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import email.parser
 import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -65,7 +64,7 @@ PLATFORMS: dict[str, Platform] = {
     # PyPI's Linux torch is the CUDA build (502 MB plus ~3 GB of nvidia-* wheels); the CPU build comes from
     # PyTorch's own index.
     "linux-x64": Platform(
-        "linux-x64", tuple(f"manylinux_2_{m}_x86_64" for m in range(28, 16, -1)) + ("manylinux2014_x86_64",),
+        "linux-x64", (*(f"manylinux_2_{m}_x86_64" for m in range(28, 16, -1)), "manylinux2014_x86_64"),
         _markers("linux", "Linux", "x86_64", "posix"), f"torch=={TORCH_VERSION}+cpu",
         "https://download.pytorch.org/whl/cpu", "CPU"),
     "windows-x64": Platform(
@@ -263,7 +262,7 @@ def fetch(platform: Platform, wheels_dir: Path, offline: bool = False, log=print
         try:
             pip_download(platform, target, ["--no-deps", "--require-hashes", "-r", req.name], index)
         finally:
-            os.unlink(req.name)
+            Path(req.name).unlink()
     still = [e.filename for e in entries if bad(e)]
     if still:
         raise LockError(f"[{platform.name}] after downloading, these do not match the lock: {', '.join(still)}")

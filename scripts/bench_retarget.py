@@ -59,7 +59,7 @@ def main() -> None:
     t_solve = time.perf_counter() - t1
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({
-        "vertices": character.n_verts, "face_vertices": int(len(transfer.face)), "keys": character.n_keys,
+        "vertices": character.n_verts, "face_vertices": len(transfer.face), "keys": character.n_keys,
         "flame_vertices": flame.n_verts, "frames": args.frames,
         "fit_s": round(t_fit, 2), "fit_rms_mm": round(fitted.rms_mm, 4),
         "transfer_s": round(t_project, 2), "solve_s": round(t_solve, 2),

@@ -17,7 +17,7 @@ import bpy
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from blender_addon.scene import compat  # noqa: E402
+from blender_addon.scene import compat
 
 
 def jaw_open_frame(arm: bpy.types.Object) -> int | None:
@@ -30,7 +30,7 @@ def jaw_open_frame(arm: bpy.types.Object) -> int | None:
             co = np.empty(2 * len(fc.keyframe_points))
             fc.keyframe_points.foreach_get("co", co)
             frames, w = co[0::2], co[1::2]
-            return int(round(frames[int(np.argmin(w))]))
+            return round(frames[int(np.argmin(w))])
     return None
 
 

@@ -13,12 +13,13 @@ SIGTERM stops the batch after discarding the line in progress: batch_report.json
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..core.paths import absolute
 from ..core.staging import clean_leftovers, write_json_atomic
 from ..flame import load_flame
 from .interrupts import EXIT_INTERRUPTED, Interrupted, check_interrupt, hold_interrupts, interrupted
@@ -41,9 +42,9 @@ class _Line:
 
 def _line_args(args: argparse.Namespace, audio: str, stem: str, out_dir: str) -> argparse.Namespace:
     return argparse.Namespace(**{
-        **vars(args), "audio": audio, "motion": None, "take": None, "out": os.path.join(out_dir, stem + ".blend"),
-        "glb": os.path.join(out_dir, stem + ".glb") if args.glb else None,
-        "fbx": os.path.join(out_dir, stem + ".fbx") if args.fbx else None})
+        **vars(args), "audio": audio, "motion": None, "take": None, "out": str(Path(out_dir) / f"{stem}.blend"),
+        "glb": str(Path(out_dir) / f"{stem}.glb") if args.glb else None,
+        "fbx": str(Path(out_dir) / f"{stem}.fbx") if args.fbx else None})
 
 
 def _submit(line: _Line, flame: Any) -> None:
@@ -84,15 +85,15 @@ def run_batch(args: argparse.Namespace) -> int:
     A line that fails is reported as one line and skipped; the others still run. `batch_report.json` in the output
     folder lists every line (status, frames, seconds, files). Exit code: 0 all lines done, 1 some failed.
     """
-    out_dir = os.path.abspath(args.out_dir)
-    if not os.path.isdir(out_dir):
+    out_dir = absolute(args.out_dir)
+    if not Path(out_dir).is_dir():
         raise CliError(f"--out-dir does not exist: {out_dir}")
     check_writable_folder(out_dir, "--out-dir")  # before any line is generated
     clean_leftovers(out_dir)  # temporaries of a killed run
     check_fps(args.fps)
     if args.spare_cores < 0:
         raise CliError(f"--spare-cores must be 0 or more, got {args.spare_cores}")
-    stems = [os.path.splitext(os.path.basename(a))[0] for a in args.audio_files]
+    stems = [Path(a).stem for a in args.audio_files]
     if len(set(stems)) != len(stems):
         raise CliError("two audio files share a name; their outputs would overwrite each other: rename one")
     flame = load_flame(args.flame, version=args.flame_version, use_torch=False)  # a bad head fails the batch at once
@@ -110,11 +111,11 @@ def run_batch(args: argparse.Namespace) -> int:
             entry = line.entry
             try:
                 result = _write(line, 0 if args.no_overlap else args.spare_cores)
-                entry.update(audio=os.path.abspath(line.audio), blend=line.args.out, **result, status="ok")
+                entry.update(audio=absolute(line.audio), blend=line.args.out, **result, status="ok")
             except Exception as err:  # one line per failed dialogue line; the batch goes on
                 check_interrupt()  # ...unless the signal caused it: then the line is not finished, not failed
                 failed += 1
-                entry.update(audio=os.path.abspath(line.audio), blend=line.args.out, status="failed",
+                entry.update(audio=absolute(line.audio), blend=line.args.out, status="failed",
                              error=" ".join(str(err).split()))
                 print(f"flametalk: error: {line.stem}: {entry['error']}", file=sys.stderr)
             finally:
@@ -140,8 +141,8 @@ def run_batch(args: argparse.Namespace) -> int:
         summary: dict[str, object] = {"lines": report, "failed": failed}
         if stopped or interrupted():
             summary["interrupted"] = True
-            summary["not_written"] = [os.path.abspath(line.audio) for line in lines if not line.entry.get("status")]
-        write_json_atomic(os.path.join(out_dir, REPORT_NAME), summary)
+            summary["not_written"] = [absolute(line.audio) for line in lines if not line.entry.get("status")]
+        write_json_atomic(str(Path(out_dir) / REPORT_NAME), summary)
     done = len(report) - failed
     if stopped or interrupted():
         print(f"flametalk: interrupted: {done} of {len(lines)} lines written to {out_dir} ({REPORT_NAME} lists "

@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
@@ -36,10 +36,8 @@ def check_interrupt() -> None:
 
 def _on_signal(signum: int, _frame: object) -> None:
     if _InterruptState.signal is not None:  # the second one: no more cleaning up
-        try:
+        with suppress(OSError):
             os.write(2, b"flametalk: interrupted again: exiting now\n")
-        except OSError:
-            pass
         os._exit(EXIT_INTERRUPTED)
     _InterruptState.signal = signum
     if _InterruptState.held == 0:

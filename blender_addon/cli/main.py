@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-def _run(argv: Sequence[str] | None, GenerateError: type) -> int:  # noqa: N803 - the class, bpy or stand-in
+def _run(argv: Sequence[str] | None, GenerateError: type) -> int:  # the class, bpy or stand-in
     try:
         args = _parser().parse_args(argv)
         if args.command == "farm":

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..core import paths
@@ -40,20 +41,21 @@ def check_writable_folder(folder: str, option: str) -> None:
         reason = err.strerror or type(err).__name__
         raise CliError(f"{option}: cannot write in {folder} ({reason}): choose a writable folder") from None
     os.close(handle)
-    os.unlink(probe)
+    Path(probe).unlink()
 
 
 def _check_output(path: str | None, suffix: str, option: str) -> str | None:
     if path is None:
         return None
-    path = os.path.abspath(path)
+    path = paths.absolute(path)
     if not path.lower().endswith(suffix):
         raise CliError(f"{option} must end with {suffix}: {path}")
-    if not os.path.isdir(os.path.dirname(path)):
-        raise CliError(f"{option}: folder does not exist: {os.path.dirname(path)}")
-    if os.path.isdir(path):
+    folder = str(Path(path).parent)
+    if not Path(folder).is_dir():
+        raise CliError(f"{option}: folder does not exist: {folder}")
+    if Path(path).is_dir():
         raise CliError(f"{option} is a folder: {path}")
-    check_writable_folder(os.path.dirname(path), option)
+    check_writable_folder(folder, option)
     return path
 
 
@@ -73,8 +75,8 @@ def _style(args: argparse.Namespace) -> object:
     spec = (args.style or "").strip()
     if spec.lower() in ("", "none", "default"):
         return StyleSpec()
-    if os.path.sep in spec or "/" in spec or os.path.splitext(spec)[1].lower() in (".pt", ".pth", ".npy", ".npz"):
-        return StyleSpec(kind="FILE", path=os.path.abspath(spec), start=args.style_start)
+    if os.path.sep in spec or "/" in spec or Path(spec).suffix.lower() in (".pt", ".pth", ".npy", ".npz"):
+        return StyleSpec(kind="FILE", path=paths.absolute(spec), start=args.style_start)
     return StyleSpec(kind="RELEASE", name=spec)
 
 
@@ -89,8 +91,8 @@ def _request(args: argparse.Namespace, scene: object) -> object:
     except ValueError as err:
         raise CliError(str(err)) from None
     return GenerateRequest(
-        rig=None, audio=os.path.abspath(args.audio) if args.audio else "",
-        checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else str(paths.default_checkpoint_dir()),
+        rig=None, audio=paths.absolute(args.audio) if args.audio else "",
+        checkpoint=paths.absolute(args.checkpoint) if args.checkpoint else str(paths.default_checkpoint_dir()),
         worker_python=args.worker_python or automatic_worker_python() or sys.executable,
         device=args.device.lower(), mode=args.mode, style=_style(args), start_frame=args.start_frame,
         controls=controls, push_to_nla=args.nla, add_sound_strip=bool(args.audio), range_mode="FIT",

@@ -60,7 +60,7 @@ def apply_controls(motion: np.ndarray, controls: Controls) -> np.ndarray:
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
-    radius = max(1, int(math.ceil(3.0 * sigma)))
+    radius = max(1, math.ceil(3.0 * sigma))
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (x / sigma) ** 2)
     return kernel / kernel.sum()

@@ -17,8 +17,15 @@ CONFIG_NAME = "config.json"
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 DOWNLOAD_HINT = "python -m flametalk assets download fetches them"
 
-__all__ = ["CHECKPOINT_SUBDIR", "STYLE_SUBDIR", "cache_dir", "checkpoint_problem", "default_checkpoint_dir",
-           "file_problem", "release_styles", "style_dir"]
+__all__ = ["CHECKPOINT_SUBDIR", "STYLE_SUBDIR", "absolute", "cache_dir", "checkpoint_problem",
+           "default_checkpoint_dir", "file_problem", "release_styles", "style_dir"]
+
+
+def absolute(path: str | os.PathLike[str]) -> str:
+    """`path` absolute and normalised (`out/../a.blend` is `<cwd>/a.blend`) with symlinks kept as they are: the
+    rule of os.path.abspath. Path.resolve() follows symlinks (an output that is a link would be written through to
+    its target) and Path.absolute() keeps `..`; pathlib has nothing that does both."""
+    return os.path.abspath(path)  # noqa: PTH100 - no pathlib equivalent (see above); ruff's own docs say so
 
 
 def default_checkpoint_dir() -> Path:

@@ -6,10 +6,14 @@ a previous file moved aside during a swap cut short, Blender's `X.blend@`) is cl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
+
+from .paths import absolute
 
 _TMP_MARK = ".flametalk-tmp-"  # a take's files while being written: .NAME.flametalk-tmp-PID.EXT
 _OLD_MARK = ".flametalk-old-"  # the previous file, moved aside for the moment of the swap
@@ -17,8 +21,8 @@ _OLD_MARK = ".flametalk-old-"  # the previous file, moved aside for the moment o
 
 
 def _side_path(final: str, mark: str, pid: int | None = None) -> str:
-    folder, name = os.path.split(final)
-    return os.path.join(folder, f".{name}{mark}{os.getpid() if pid is None else pid}{os.path.splitext(name)[1]}")
+    path = Path(final)
+    return str(path.parent / f".{path.name}{mark}{os.getpid() if pid is None else pid}{path.suffix}")
 
 
 def _pid_alive(pid: int, path: str) -> bool:
@@ -26,7 +30,7 @@ def _pid_alive(pid: int, path: str) -> bool:
         return False  # our own leftovers from an earlier line
     if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there: go by age instead
         try:
-            return time.time() - os.path.getmtime(path) < 3600
+            return time.time() - Path(path).stat().st_mtime < 3600
         except OSError:
             return False
     try:
@@ -45,7 +49,7 @@ def clean_leftovers(folder: str, finals: Sequence[str] = ()) -> list[str]:
     paths removed or restored."""
     touched: list[str] = []
     try:
-        entries = os.listdir(folder)
+        entries = [p.name for p in Path(folder).iterdir()]  # iterdir() lists at the first next(): in the try
     except OSError:
         return touched
     for entry in entries:
@@ -56,26 +60,22 @@ def clean_leftovers(folder: str, finals: Sequence[str] = ()) -> list[str]:
             digits = entry[at + len(mark):].split(".", 1)[0].rstrip("@")
             if not digits.isdigit():
                 continue
-            path = os.path.join(folder, entry)
-            if _pid_alive(int(digits), path):
+            path = Path(folder) / entry
+            if _pid_alive(int(digits), str(path)):
                 continue
-            final = os.path.join(folder, entry[1:at])
-            try:
-                if mark == _OLD_MARK and not entry.endswith("@") and not os.path.exists(final):
-                    os.replace(path, final)
+            final = Path(folder) / entry[1:at]
+            with contextlib.suppress(OSError):
+                if mark == _OLD_MARK and not entry.endswith("@") and not final.exists():
+                    path.replace(final)
                 else:
-                    os.unlink(path)
-                touched.append(path)
-            except OSError:
-                pass
-    for final in finals:
-        stale = final + "@"  # Blender writes X.blend@ and renames it: a kill in between leaves it behind
-        if final.lower().endswith(".blend") and os.path.isfile(stale):
-            try:
-                os.unlink(stale)
+                    path.unlink()
+                touched.append(str(path))
+    for final_name in finals:
+        stale = final_name + "@"  # Blender writes X.blend@ and renames it: a kill in between leaves it behind
+        if final_name.lower().endswith(".blend") and Path(stale).is_file():
+            with contextlib.suppress(OSError):
+                Path(stale).unlink()
                 touched.append(stale)
-            except OSError:
-                pass
     return touched
 
 
@@ -91,16 +91,16 @@ class StagedOutputs:
     clean_on_enter = True
 
     def __init__(self, finals: Sequence[str]):
-        self.finals = [os.path.abspath(f) for f in finals]
+        self.finals = [absolute(f) for f in finals]
         self.temps = {final: _side_path(final, _TMP_MARK) for final in self.finals}
         self.committed = False
 
     def path(self, final: str) -> str:
-        return self.temps[os.path.abspath(final)]
+        return self.temps[absolute(final)]
 
     def __enter__(self) -> StagedOutputs:
-        for folder in {os.path.dirname(f) for f in self.finals} if self.clean_on_enter else ():
-            clean_leftovers(folder, [f for f in self.finals if os.path.dirname(f) == folder])
+        for folder in {str(Path(f).parent) for f in self.finals} if self.clean_on_enter else ():
+            clean_leftovers(folder, [f for f in self.finals if str(Path(f).parent) == folder])
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -109,14 +109,11 @@ class StagedOutputs:
     def discard(self) -> None:
         for temp in self.temps.values():
             for path in (temp, temp + "@"):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+                Path(path).unlink(missing_ok=True)
 
     def commit(self) -> None:
         """Swap every final file for its temporary; if any step fails, the previous files are put back."""
-        missing = [t for t in self.temps.values() if not os.path.isfile(t)]
+        missing = [t for t in self.temps.values() if not Path(t).is_file()]
         if missing:
             raise RuntimeError(f"an output was not written: {missing[0]}")
         moved: list[tuple[str, str]] = []  # (previous file moved aside, its final name)
@@ -125,28 +122,22 @@ class StagedOutputs:
             for final in self.finals:
                 if os.path.lexists(final):
                     aside = _side_path(final, _OLD_MARK)
-                    os.replace(final, aside)
+                    Path(final).replace(aside)
                     moved.append((aside, final))
             for final in self.finals:
-                os.replace(self.temps[final], final)
+                Path(self.temps[final]).replace(final)
                 placed.append(final)
         except BaseException:
             for final in placed:
-                try:
-                    os.unlink(final)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):
+                    Path(final).unlink()
             for aside, final in moved:
-                try:
-                    os.replace(aside, final)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):
+                    Path(aside).replace(final)
             raise
         for aside, _final in moved:
-            try:
-                os.unlink(aside)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                Path(aside).unlink()
         self.committed = True
 
 

@@ -79,7 +79,7 @@ def take_for_export(rig: FlameRig, take: str | None = None, fit_range: bool = Fa
             obj.select_set(True)
         view_layer.objects.active = rig.armature
         if fit_range:
-            scene.frame_start, scene.frame_end = int(math.floor(first)), int(math.ceil(last - 1e-6))
+            scene.frame_start, scene.frame_end = math.floor(first), math.ceil(last - 1e-6)
         yield float(first), float(last)
     finally:
         for owner, (action, slot, use_nla) in saved_active:

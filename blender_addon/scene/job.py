@@ -8,12 +8,12 @@ fails, so an error or a cancel leaves the scene as it was. Every failure is a Ge
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import bpy
@@ -104,7 +104,7 @@ def check_inputs(req: GenerateRequest) -> None:
     if not req.worker_python:
         raise GenerateError("no worker Python is set: set up the runtime or choose a Python with torch in the "
                             "FlameTalk preferences", "setup")
-    if not os.path.isfile(req.worker_python):
+    if not Path(req.worker_python).is_file():
         raise GenerateError(f"worker Python not found: {req.worker_python}; fix it in the FlameTalk preferences",
                             "setup")
     if req.device not in DEVICES and not req.device.startswith("cuda:"):
@@ -151,14 +151,14 @@ def _style_field(req: GenerateRequest, temp_dir: str, scene: bpy.types.Scene) ->
     if style.kind == "RELEASE":
         return str(paths.style_dir(req.checkpoint) / f"{style.name}.pt"), 0
     if style.kind == "FILE":
-        return os.path.abspath(bpy.path.abspath(style.path)), int(style.start)
+        return paths.absolute(bpy.path.abspath(style.path)), int(style.start)
     if style.kind == "ACTION":
         frames = style_frames(style.frame, keyframes.scene_fps(scene), STYLE_FRAMES)
         try:
             motion = takes.sample_action_motion(style.action, frames)
         except ValueError as err:
             raise GenerateError(str(err)) from None
-        path = os.path.join(temp_dir, "style_from_action.npy")
+        path = str(Path(temp_dir) / "style_from_action.npy")
         np.save(path, motion)
         return path, 0
     return None, 0
@@ -185,7 +185,7 @@ class GenerateJob:
         self.scene = req.scene or bpy.context.scene
         self.rig_name = req.rig.armature.name if req.rig is not None else None
         self.temp_dir = tempfile.mkdtemp(prefix="flametalk_job_")
-        self.out = os.path.join(self.temp_dir, "motion.npz")
+        self.out = str(Path(self.temp_dir) / "motion.npz")
         self.rid: int | None = None
         self.client = None
         self.fraction = 0.0
@@ -201,9 +201,9 @@ class GenerateJob:
         seconds; the UI stays responsive) and poll() reports its failure; the thread touches no Blender data."""
         style, style_start = _style_field(self.req, self.temp_dir, self.scene)  # reads bpy data: main thread
         self.client = get_client(self.req.worker_python, self.req.worker_env)
-        fields = dict(audio=os.path.abspath(self.req.audio), out=self.out, checkpoint=self.req.checkpoint,
-                      device=self.req.device, mode=self.req.mode, style=style, style_start=style_start,
-                      postprocess=True)
+        fields = {"audio": paths.absolute(self.req.audio), "out": self.out, "checkpoint": self.req.checkpoint,
+                  "device": self.req.device, "mode": self.req.mode, "style": style, "style_start": style_start,
+                  "postprocess": True}
         self.stage = "starting the worker"
         if not background:
             self._submit(fields)
@@ -353,7 +353,7 @@ def apply_motion(rig: FlameRig, motion: np.ndarray, motion_fps: float, *, audio:
         strip = None
         last = take.frame_range[1]
         if audio and req.add_sound_strip:
-            strip_name = os.path.splitext(os.path.basename(audio))[0] or take.name
+            strip_name = Path(audio).stem or take.name
             strip, created = takes.add_sound_strip(scene, audio, req.start_frame, strip_name)
             snapshot.strip = strip if created else None
             last = max(last, strip.frame_final_end - 1)

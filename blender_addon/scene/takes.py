@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from pathlib import Path
 
 import bpy
 import numpy as np
 
+from ..core import paths
 from ..core.style_channels import motion_from_channels
 from ..flame.contract import MOTION_DIM
 from . import compat
@@ -26,7 +28,7 @@ _QUAT_PATH = re.compile(r'^pose\.bones\["(root|jaw)"\]\.rotation_quaternion$')
 
 def take_name_for(audio_path: str) -> str:
     """`<audio stem>_take<N>` with N one more than the highest existing take of that stem."""
-    stem = os.path.splitext(os.path.basename(audio_path))[0] or "take"
+    stem = Path(audio_path).stem or "take"
     pattern = re.compile(re.escape(stem) + r"_take(\d+)$")
     numbers = [0]
     for action in bpy.data.actions:
@@ -59,9 +61,9 @@ def sound_strip_path(strip: bpy.types.Strip, temp_dir: str | None = None) -> str
     if sound is None:
         raise ValueError(f"strip '{strip.name}' is not a sound strip")
     if sound.packed_file is not None:
-        suffix = os.path.splitext(sound.filepath)[1] or ".wav"
+        suffix = Path(sound.filepath).suffix or ".wav"
         folder = temp_dir or tempfile.mkdtemp(prefix="flametalk_")
-        path = os.path.join(folder, f"packed_sound{suffix}")
+        path = str(Path(folder) / f"packed_sound{suffix}")
         with open(path, "wb") as handle:
             handle.write(sound.packed_file.data)
         return path
@@ -69,12 +71,12 @@ def sound_strip_path(strip: bpy.types.Strip, temp_dir: str | None = None) -> str
 
 
 def find_sound_strip(scene: bpy.types.Scene, path: str, frame: int) -> bpy.types.Strip | None:
-    target = os.path.normcase(os.path.abspath(path))
+    target = os.path.normcase(paths.absolute(path))
     for strip in compat.all_strips(scene.sequence_editor):
         sound = getattr(strip, "sound", None)
         if sound is None or int(strip.frame_start) != int(frame):
             continue
-        if os.path.normcase(os.path.abspath(bpy.path.abspath(sound.filepath))) == target:
+        if os.path.normcase(paths.absolute(bpy.path.abspath(sound.filepath))) == target:
             return strip
     return None
 

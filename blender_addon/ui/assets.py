@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
 
 import bpy
 from bpy.props import BoolProperty
@@ -28,7 +30,7 @@ _STATE: dict[str, object] = {"proc": None, "status": "", "percent": 0}
 
 def download_command(python: str, accept_flame_license: bool) -> list[str]:
     cmd = [python, "-m", "flametalk", "assets", "download"]
-    return cmd + ["--accept-flame-license"] if accept_flame_license else cmd
+    return [*cmd, "--accept-flame-license"] if accept_flame_license else cmd
 
 
 def summarize(returncode: int, output: Sequence[str]) -> str:
@@ -71,7 +73,7 @@ class FLAMETALK_OT_download_assets(bpy.types.Operator):
 
     bl_idname = "flametalk.download_assets"
     bl_label = "Download Model Files"
-    bl_options = {"REGISTER", "INTERNAL"}
+    bl_options: ClassVar[set[str]] = {"REGISTER", "INTERNAL"}
 
     accept_flame_license: BoolProperty(
         name="I registered at the FLAME website and accept the FLAME licence",
@@ -80,7 +82,7 @@ class FLAMETALK_OT_download_assets(bpy.types.Operator):
 
     def _start(self, context: bpy.types.Context) -> tuple[subprocess.Popen[str], list[str], threading.Thread] | None:
         python = worker_settings(context).python
-        if not python or not os.path.isfile(python):
+        if not python or not Path(python).is_file():
             self.report({"ERROR"}, "no worker Python yet: set up the runtime (or choose a Worker Python) first")
             return None
         flags = subprocess.CREATE_NO_WINDOW if sys.platform == "win32" else 0

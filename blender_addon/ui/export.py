@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import bpy
 from bpy.props import StringProperty
@@ -37,7 +37,7 @@ class _ExportTake(ExportHelper):
         except (export.ExportError, RuntimeError) as err:
             self.report({"ERROR"}, f"FlameTalk: export failed: {' '.join(str(err).split())}")
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Exported {os.path.basename(self.filepath)}")
+        self.report({"INFO"}, f"Exported {Path(self.filepath).name}")
         return {"FINISHED"}
 
 

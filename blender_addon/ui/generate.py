@@ -5,7 +5,7 @@ scene/job.py."""
 from __future__ import annotations
 
 import tempfile
-from typing import Any
+from typing import Any, ClassVar
 
 import bpy
 from bpy.props import FloatProperty, StringProperty
@@ -75,7 +75,7 @@ class FLAMETALK_OT_generate(bpy.types.Operator):
 
     bl_idname = "flametalk.generate"
     bl_label = "Generate"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options: ClassVar[set[str]] = {"REGISTER", "UNDO"}
 
     worker_python: StringProperty(name="Worker Python", default="", options={"HIDDEN", "SKIP_SAVE"},
                                   description="Override the preferences' worker Python")
@@ -215,7 +215,7 @@ class FLAMETALK_OT_use_take(bpy.types.Operator):
 
     bl_idname = "flametalk.use_take"
     bl_label = "Use Take"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options: ClassVar[set[str]] = {"REGISTER", "UNDO"}
 
     take: StringProperty(name="Take", default="")
 

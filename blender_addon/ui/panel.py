@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import bpy
 
 from ..flame.contract import MOTION_FPS, STYLE_FRAMES
@@ -73,7 +75,7 @@ class FLAMETALK_PT_main(_FlameTalkPanel, bpy.types.Panel):
 class FLAMETALK_PT_controls(_FlameTalkPanel, bpy.types.Panel):
     bl_label = "Controls"
     bl_parent_id = "FLAMETALK_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
+    bl_options: ClassVar[set[str]] = {"DEFAULT_CLOSED"}
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout

@@ -41,8 +41,8 @@ class FLAMETALK_PG_settings(bpy.types.PropertyGroup):
     style_file: StringProperty(name="Style File", subtype="FILE_PATH", default="")
     style_action: PointerProperty(name="Action", type=bpy.types.Action)
     style_frame: IntProperty(name="From Frame", default=1, description="First frame of the 2 s used as style")
-    device: EnumProperty(name="Device", items=[("PREFS", "Preferences", "The device set in the preferences")]
-                         + DEVICE_ITEMS, default="PREFS")
+    device: EnumProperty(name="Device", items=[("PREFS", "Preferences", "The device set in the preferences"),
+                                               *DEVICE_ITEMS], default="PREFS")
     start_frame: IntProperty(name="Start Frame", default=1,
                              description="Frame where the sound starts and the first key goes")
     jaw_intensity: FloatProperty(name="Jaw", default=1.0, min=0.0, soft_max=2.0,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
+from typing import ClassVar
 
 import bpy
 from bpy.props import StringProperty
@@ -16,7 +17,7 @@ class FLAMETALK_OT_build_head(bpy.types.Operator):
 
     bl_idname = "flametalk.build_head"
     bl_label = "Build FLAME Head"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options: ClassVar[set[str]] = {"REGISTER", "UNDO"}
 
     filepath: StringProperty(name="FLAME File", description="generic_model.pkl, FLAME_with_eye.pt or .npz",
                              subtype="FILE_PATH", default="")
@@ -50,7 +51,7 @@ class FLAMETALK_OT_build_head(bpy.types.Operator):
             obj.select_set(False)
         rig.armature.select_set(True)
         context.view_layer.objects.active = rig.armature
-        name = os.path.basename(self.filepath)
+        name = Path(self.filepath).name
         self.report({"INFO"}, f"Built {rig.armature.name} from {name}: {len(rig.mesh.data.vertices)} vertices, "
                               f"{rig.n_expr} expression keys")
         return {"FINISHED"}

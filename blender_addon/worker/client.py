@@ -13,6 +13,7 @@ with one message (kind "timeout"); the next request starts a new worker.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..flame.contract import PROTOCOL_VERSION
@@ -65,7 +67,7 @@ class WorkerClient:
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:
         if self.alive and self.hello:
             return self.hello
-        if not self.python or not os.path.isfile(self.python):
+        if not self.python or not Path(self.python).is_file():
             raise WorkerError(f"worker Python not found: {self.python!r}; set it in the FlameTalk preferences",
                               "setup")
         env = dict(os.environ, **(self.env or {}))
@@ -241,10 +243,8 @@ class WorkerClient:
         proc, self.proc, self.hello = self.proc, None, None
         if proc is not None:
             proc.kill()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                pass
         raise WorkerError(
             f"the worker did not answer for {self.silence_timeout:g} s (no progress and no reply to a ping); it was "
             f"stopped and the next request starts a new one (its last output: {self._last_stderr()})", "timeout")
@@ -261,9 +261,8 @@ class WorkerClient:
             if state == "result":
                 assert event is not None
                 return event
-            if state == "progress" and on_progress and event:
-                if on_progress(event) is False:
-                    self.cancel(rid)
+            if state == "progress" and on_progress and event and on_progress(event) is False:
+                self.cancel(rid)
             if deadline is not None and time.monotonic() > deadline:
                 self.cancel(rid)
                 self.forget(rid)

@@ -13,6 +13,7 @@ Stdlib only and no bpy at import time: tests drive it outside Blender.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform as _platform
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.paths import absolute
 from .client import WorkerClient, WorkerError
 
 BUNDLE_DIR = "runtime_wheels"  # beside the add-on's __init__.py; must match build.py RUNTIME_DIR
@@ -129,7 +131,8 @@ def status(target: Path, bundle: Bundle | None) -> tuple[str, str]:
         return "incomplete", "The last set-up did not finish: set it up again"
     if not python.is_file():
         return "broken", f"The runtime's Python is gone ({python}): set it up again"
-    if not os.path.exists(stamp.get("base_python", "")):
+    base_python = stamp.get("base_python", "")
+    if not base_python or not Path(base_python).exists():  # Path("") would be the current folder
         return "broken", f"The Python it was made from is gone ({stamp.get('base_python')}): set it up again"
     if bundle is not None and stamp.get("requirements_sha256") != bundle.info["requirements_sha256"]:
         return "outdated", "The add-on was updated: set the runtime up again"
@@ -171,10 +174,8 @@ def _folder_bytes(folder: Path) -> int:
     total = 0
     for root, _, files in os.walk(folder):
         for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).lstat().st_size
     return total
 
 
@@ -209,7 +210,7 @@ class _Step:
             if line is None:
                 done = True
             elif line:
-                self.tail = (self.tail + [line])[-20:]
+                self.tail = [*self.tail, line][-20:]
                 on_line(line)
             on_tick()
             if should_cancel and should_cancel():
@@ -263,7 +264,7 @@ def setup_runtime(bundle: Bundle, target: Path, base_python: str, torch_index_ur
         raise RuntimeSetupError(f"the bundled runtime needs Python {want}, {base_python} is {have}: use Blender "
                                 f"4.2-5.0 or point FlameTalk at an existing Python with torch")
     _fresh_target(target)
-    stamp: dict[str, Any] = {"state": "incomplete", "base_python": os.path.abspath(base_python)}
+    stamp: dict[str, Any] = {"state": "incomplete", "base_python": absolute(base_python)}
     report(0.02, "Creating the environment")
     _Step([base_python, "-m", "venv", "--without-pip", str(target)], clean_env(offline=True)).run(
         lambda line: None, lambda: None, should_cancel, "creating the environment (python -m venv)")

@@ -94,9 +94,9 @@ def test_no_import_cycle() -> None:
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append([*stack[stack.index(nxt):], nxt])
             elif nxt not in state:
-                visit(nxt, stack + [nxt])
+                visit(nxt, [*stack, nxt])
         state[node] = 2
 
     for name in sorted(graph):
@@ -165,7 +165,7 @@ def test_registration_covers_every_ui_module() -> None:
     with_classes = [importlib.import_module(n) for n in ui if hasattr(importlib.import_module(n), "CLASSES")]
     assert {m.__name__ for m in registration.UI_MODULES} == {m.__name__ for m in with_classes}
     assert all(isinstance(m.CLASSES, tuple) for m in with_classes)
-    assert registration.CLASSES == tuple(c for m in registration.UI_MODULES for c in m.CLASSES)
+    assert tuple(c for m in registration.UI_MODULES for c in m.CLASSES) == registration.CLASSES
     assert len(set(registration.CLASSES)) == len(registration.CLASSES)
 
 

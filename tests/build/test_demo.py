@@ -12,7 +12,7 @@ import pytest
 from fixtures.common import AUDIO_DIR, REPO
 
 pytest.importorskip("bpy")
-from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic
 
 DEMO = str(REPO / "scripts" / "demo.py")
 

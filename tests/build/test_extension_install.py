@@ -13,13 +13,14 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 from fixtures.common import AUDIO_DIR, REPO
 from fixtures.report import record
 
 pytest.importorskip("bpy")
-from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic
 
 IN_BLENDER = r"""
 import json, os, sys, time
@@ -101,5 +102,5 @@ def test_built_zip_installs_sets_up_its_runtime_offline_and_generates(tmp_path, 
     assert out["generate"] == ["FINISHED"]
     assert out["shape_keys_keyed"] >= 50 and out["frames"] >= 25 * 3  # eng2.wav is several seconds of speech
     assert not out["torch_in_blender"]
-    assert out["flame_file"] == os.path.join(out["addon_dir"], "flame", "__init__.py")  # the zip's own copy
+    assert out["flame_file"] == str(Path(out["addon_dir"]) / "flame" / "__init__.py")  # the zip's own copy
     assert out["shared_site_packages"] == [] or "site-packages" not in str(out["shared_site_packages"])

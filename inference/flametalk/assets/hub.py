@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ USER_AGENT = f"flametalk/{__version__} (+urllib)"
 PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 
-__all__ = ["CHUNK_BYTES", "HubUnreachable", "LOCK_SUFFIX", "PART_SUFFIX", "TIMEOUT_S", "fetch", "list_folder",
+__all__ = ["CHUNK_BYTES", "LOCK_SUFFIX", "PART_SUFFIX", "TIMEOUT_S", "HubUnreachable", "fetch", "list_folder",
            "lock_path", "locked_by_another", "part_path"]
 
 
@@ -275,6 +274,6 @@ def _fetch_locked(url: str, dest: Path, size: int | None, sha256: str | None, *,
             f"download of {desc} is corrupt: sha256 {digest} but expected {sha256}; "
             "the partial file was deleted, run the command again"
         )
-    os.replace(part, dest)
+    part.replace(dest)
     write_sidecar(dest, digest)
     return digest

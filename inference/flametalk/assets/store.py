@@ -136,7 +136,7 @@ def _record_lock(root: Path, asset: Asset, size: int, digest: str) -> None:
     files[asset.dest] = {"size": size, "sha256": digest, "url": asset_url(asset, HUB_URL)}
     tmp = _lock_path(root).with_suffix(".tmp")
     tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, _lock_path(root))
+    tmp.replace(_lock_path(root))
 
 
 def _expected(asset: Asset, lock: dict[str, dict[str, object]]) -> Asset:

@@ -30,7 +30,7 @@ def peak_rss_mb() -> float:
 def test_signal(seconds: float) -> np.ndarray:
     """Amplitude-modulated noise: speech-like loudness changes without shipping audio."""
     rng = np.random.default_rng(SPEECH_LIKE_SEED)
-    n = int(round(seconds * SAMPLE_RATE))
+    n = round(seconds * SAMPLE_RATE)
     t = np.arange(n) / SAMPLE_RATE
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t)
     return (0.1 * envelope * rng.standard_normal(n)).astype(np.float32)

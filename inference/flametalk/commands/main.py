@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as err:  # noqa: BLE001 - last resort: one line unless --debug
+    except Exception as err:  # last resort: one line unless --debug
         if debug:
             traceback.print_exc()
         msg = " ".join(str(err).split())[:300]

@@ -118,7 +118,7 @@ def _call(obj: Any, name: str) -> bool:
     fn = getattr(obj, name, None)
     try:
         return bool(fn()) if callable(fn) else False
-    except Exception:  # noqa: BLE001 - a missing or failing query means "not supported"
+    except Exception:  # a missing or failing query means "not supported"
         return False
 
 
@@ -294,7 +294,7 @@ def _probe_kernel(kind: str, dtype: str) -> str | None:
             got = torch.nn.functional.linear(x.to(low), layer.weight.to(low), layer.bias.to(low))
         else:
             raise ValueError(kind)
-    except Exception as err:  # noqa: BLE001 - any failure means: do not use this kernel here
+    except Exception as err:  # any failure means: do not use this kernel here
         return f"{kind} kernel ({dtype}) failed: {' '.join(str(err).split())[:160]}"
     err = float((got.double() - want).norm() / want.norm())
     if not err < PROBE_TOLERANCE:

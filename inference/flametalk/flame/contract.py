@@ -44,4 +44,4 @@ def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches" / "flametalk"
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "flametalk"
+    return (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "flametalk"

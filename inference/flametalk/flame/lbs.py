@@ -36,7 +36,7 @@ def rodrigues(axis_angle: np.ndarray) -> np.ndarray:
     b = np.where(small, 0.5 - theta2 / 24.0, (1.0 - np.cos(safe)) / (safe * safe))
     x, y, z = aa[..., 0], aa[..., 1], aa[..., 2]
     zero = np.zeros_like(x)
-    k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1).reshape(aa.shape[:-1] + (3, 3))
+    k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1).reshape((*aa.shape[:-1], 3, 3))
     eye = np.broadcast_to(np.eye(3), k.shape)
     return eye + a * k + b * (k @ k)
 

@@ -25,6 +25,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,10 +145,7 @@ def _check_zip_directory(fh: Any, size: int, what: str) -> None:
     tail_len = min(size, (1 << 16) + 22)
     fh.seek(size - tail_len)
     tail = fh.read(tail_len)
-    if tail[-22:-18] == _EOCD and tail[-2:] == b"\0\0":
-        pos = len(tail) - 22
-    else:
-        pos = tail.rfind(_EOCD)
+    pos = len(tail) - 22 if tail[-22:-18] == _EOCD and tail[-2:] == b"\0\0" else tail.rfind(_EOCD)
     record = tail[pos:pos + 22] if pos >= 0 else b""
     if len(record) != 22:
         raise MotionFileError(f"{what} is not a valid .npz motion file (no zip directory; truncated?); {REGENERATE}")
@@ -265,7 +263,7 @@ def read_motion(path: str | os.PathLike[str], what: str | None = None) -> Motion
     """Read and check a motion `.npz` (see the module docstring); MotionFileError with one line otherwise."""
     path = os.fspath(path)
     what = what or f"motion file '{path}'"
-    if not os.path.isfile(path):
+    if not Path(path).is_file():
         raise MotionFileError(f"{what} does not exist; check the path")
     try:
         with open(path, "rb") as fh:

@@ -18,6 +18,7 @@ import pickle
 import tokenize
 import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,14 +86,14 @@ class FlameModel:
 
 def _read_container(path: str, use_torch: bool | None) -> tuple[dict[str, Any], str]:
     """The dict of raw arrays in the file and a format tag; raises FlameFileError."""
-    if not os.path.isfile(path):
+    if not Path(path).is_file():
         raise FlameFileError(f"FLAME file not found: {path}")
-    size = os.path.getsize(path)
+    size = Path(path).stat().st_size
     if size == 0 or size > _MAX_BYTES:
         raise FlameFileError(f"not a FLAME model file (size {size} bytes): {path}")
     with open(path, "rb") as handle:
         head = handle.read(4)
-    name = os.path.basename(path)
+    name = Path(path).name
     try:
         if head.startswith(b"PK"):
             from .torchzip import check_zip_sizes
@@ -258,7 +259,7 @@ def _detect_version(path: str, requested: str | None) -> str:
         return requested
     # FLAME 2023 keeps the 2020 keys and sizes; the release names its files flame2023*.pkl, so the name is the
     # only reliable sign without reference data.
-    return "2023" if "2023" in os.path.basename(path) else "2020"
+    return "2023" if "2023" in Path(path).name else "2020"
 
 
 def validate(model: dict[str, Any], version: str = "2020", source_format: str = "") -> FlameModel:
@@ -324,7 +325,7 @@ def validate(model: dict[str, Any], version: str = "2020", source_format: str = 
 def load_flame(path: str | os.PathLike[str], version: str | None = None, use_torch: bool | None = None) -> FlameModel:
     """Read and validate a FLAME model file. `use_torch`: None = use torch for .pt files when importable."""
     path = os.fspath(path)
-    name = os.path.basename(path)
+    name = Path(path).name
     try:
         raw, tag = _read_container(path, use_torch)
         try:
@@ -341,8 +342,8 @@ def load_flame(path: str | os.PathLike[str], version: str | None = None, use_tor
 def load_shape_coefficients(path: str | os.PathLike[str], n_shape: int = N_SHAPE) -> np.ndarray:
     """Identity coefficients (n_shape,) from .npy/.npz/.txt; shorter vectors are zero-padded."""
     path = os.fspath(path)
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
+    name = Path(path).name
+    if not Path(path).is_file():
         raise FlameFileError(f"shape file not found: {path}")
     try:
         if path.endswith(".npz"):

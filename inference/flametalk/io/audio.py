@@ -38,7 +38,7 @@ def resampled_length(n_frames: int, rate: float) -> int:
     """Number of 16 kHz samples soxr returns for `n_frames` at `rate` (round to nearest, ties up)."""
     if rate == SAMPLE_RATE:
         return n_frames
-    return int(math.floor(n_frames * SAMPLE_RATE / rate + 0.5))
+    return math.floor(n_frames * SAMPLE_RATE / rate + 0.5)
 
 
 def _check_rate(rate: float, what: str) -> float:

@@ -10,6 +10,7 @@ destination with `os.replace`, so an existing file is either left untouched or f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -59,7 +60,7 @@ def save_motion(
         prov_json = json.dumps(dict(provenance or {}), sort_keys=True, allow_nan=False, default=str)
     except (TypeError, ValueError) as err:
         raise FlameTalkError(f"provenance cannot be stored as JSON ({err})") from err
-    folder = dest.parent if str(dest.parent) else Path(".")
+    folder = dest.parent if str(dest.parent) else Path()
     if not folder.is_dir():
         raise FlameTalkError(f"cannot write '{dest}': folder '{folder}' does not exist; create it or choose --out")
 
@@ -80,13 +81,11 @@ def save_motion(
             fh.flush()
             os.fsync(fh.fileno())
         if os.name != "nt":  # mkstemp creates 0600: keep the replaced file's mode, else rw-r--r--
-            os.chmod(tmp_name, dest.stat().st_mode & 0o777 if dest.exists() else DEFAULT_FILE_MODE)
-        os.replace(tmp_name, dest)
+            Path(tmp_name).chmod(dest.stat().st_mode & 0o777 if dest.exists() else DEFAULT_FILE_MODE)
+        Path(tmp_name).replace(dest)
     except BaseException as err:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            Path(tmp_name).unlink()
         if isinstance(err, OSError):
             reason = err.strerror or err
             raise FlameTalkError(f"cannot write '{dest}' ({reason}); check disk space and permissions") from err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -117,7 +118,7 @@ class Character:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Character:
         """Read what `save` wrote; raises FlameTalkError (one line) on a missing, damaged or wrong file."""
-        label = os.path.basename(os.fspath(path))
+        label = Path(path).name
         try:
             with np.load(path, allow_pickle=False) as npz:
                 data = {k: npz[k] for k in npz.files}

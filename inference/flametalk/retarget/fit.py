@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class Fit:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Fit:
-        label = os.path.basename(os.fspath(path))
+        label = Path(path).name
         try:
             with np.load(path, allow_pickle=False) as npz:
                 data = {k: npz[k] for k in npz.files}
@@ -300,4 +301,4 @@ def _correspond(flame: FlameModel, character: Character, allowed: np.ndarray, x_
     err_mm = dist[ok] * mm_per_unit
     return Fit(scale=float(s), rotation=rot, translation=np.asarray(t, float), shape=beta,
                flame_vertices=y.astype(np.float32), tri=tri, bary=bary, offset=offset, mm_per_unit=float(mm_per_unit),
-               rms_mm=float(np.sqrt(np.mean(err_mm**2))), max_mm=float(err_mm.max()), n_used=int(len(used)))
+               rms_mm=float(np.sqrt(np.mean(err_mm**2))), max_mm=float(err_mm.max()), n_used=len(used))

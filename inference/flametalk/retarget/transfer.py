@@ -146,7 +146,7 @@ class Transfer:
         """For a basis `deltas` (K, Nf, 3) (the chosen keys at the face vertices, character units):
         (H = B^T B (K, K), B^T d_t (T, K), |d_t|^2 (T,)) without forming d_t."""
         motion = check_motion(motion)
-        z, pose, sel = self._features(motion)
+        z, pose, _sel = self._features(motion)
         deltas = np.asarray(deltas, dtype=np.float64)
         flat = deltas.reshape(len(deltas), -1)
         gram = flat @ flat.T

@@ -17,7 +17,7 @@ from ..flame.contract import MOTION_DIM, MOTION_FPS, SAMPLE_RATE
 
 def envelope(seconds: float, rate: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth loudness envelope in [0, 1] sampled at `rate` Hz (sum of 2-6 Hz sinusoids through a soft clip)."""
-    t = np.arange(int(round(seconds * rate))) / rate
+    t = np.arange(round(seconds * rate)) / rate
     freqs = rng.uniform(2.0, 6.0, size=3)
     phases = rng.uniform(0, 2 * np.pi, size=3)
     x = sum(np.sin(2 * np.pi * f * t + p) for f, p in zip(freqs, phases)) / 1.5
@@ -29,7 +29,7 @@ def synthetic_clip(seconds: float, seed: int, audio_rate: int = SAMPLE_RATE) -> 
     rng = np.random.default_rng(seed)
     frames = int(np.ceil(seconds * MOTION_FPS - 1e-9))
     env_hi = envelope(frames / MOTION_FPS, 1000.0, rng)  # fine grid shared by audio and motion
-    t_audio = np.arange(int(round(seconds * audio_rate))) / audio_rate
+    t_audio = np.arange(round(seconds * audio_rate)) / audio_rate
     env_audio = np.interp(t_audio, np.arange(env_hi.size) / 1000.0, env_hi)
     carrier = 0.6 * np.sin(2 * np.pi * rng.uniform(120, 220) * t_audio) + 0.4 * rng.standard_normal(t_audio.size)
     audio = (0.3 * env_audio * carrier).astype(np.float32)

@@ -13,8 +13,8 @@ them to check the class names it writes).
 
 from __future__ import annotations
 
-import os
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ class _Emitter:
     def global_(self, module: str, name: str) -> None:
         self.out += b"c" + module.encode() + b"\n" + name.encode() + b"\n"
 
-    def emit(self, obj: Any) -> None:  # noqa: C901 - a flat type switch reads best here
+    def emit(self, obj: Any) -> None:  # a flat type switch reads best here
         out = self.out
         if obj is None:
             out += b"N"
@@ -226,14 +226,15 @@ def write_pt(path: str, arrays: dict[str, np.ndarray], faces_dtype: str = "int64
 
 def write_all(folder: str, arrays: dict[str, np.ndarray], with_pt: bool = True) -> dict[str, str]:
     """Every layout into `folder`; returns {'pkl2020', 'pkl2023', 'npz', 'pt'?: path}."""
-    os.makedirs(folder, exist_ok=True)
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
     paths = {
-        "pkl2020": write_pkl_2020(os.path.join(folder, "generic_model.pkl"), arrays),
-        "pkl2023": write_pkl_2023(os.path.join(folder, "flame2023.pkl"), arrays),
-        "npz": write_npz(os.path.join(folder, "flame_model.npz"), arrays),
+        "pkl2020": write_pkl_2020(str(root / "generic_model.pkl"), arrays),
+        "pkl2023": write_pkl_2023(str(root / "flame2023.pkl"), arrays),
+        "npz": write_npz(str(root / "flame_model.npz"), arrays),
     }
     if with_pt:
-        paths["pt"] = write_pt(os.path.join(folder, "FLAME_with_eye.pt"), arrays)
+        paths["pt"] = write_pt(str(root / "FLAME_with_eye.pt"), arrays)
     return paths
 
 

@@ -95,7 +95,7 @@ def read_motion_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             shape = npz["shape"] if "shape" in npz.files else None
     except ValueError:
         raise
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported, never raised mid-training
+    except Exception as err:  # any unreadable file is reported, never raised mid-training
         raise ValueError(f"unreadable motion file ({type(err).__name__}: {str(err)[:120]})") from None
     if motion.ndim != 2 or motion.shape[1] != MOTION_DIM:
         raise ValueError(f"motion has shape {tuple(motion.shape)}, expected (frames, {MOTION_DIM})")
@@ -125,7 +125,7 @@ def audio_seconds(path: Path) -> float:
 
     try:
         info = sf.info(str(path))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ValueError(f"unreadable audio ({str(err).splitlines()[0][:120]})") from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise ValueError("audio has no samples")

@@ -46,7 +46,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise FlameTalkError(f"cannot read audio encoder weights {path} ({type(err).__name__}: {err})") from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

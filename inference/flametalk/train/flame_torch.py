@@ -45,7 +45,7 @@ class FlameTorch(nn.Module):
         n_expr = min(n_expr, model.n_expr)
         dirs = np.concatenate([model.shape_dirs, model.expr_dirs[:, :, :n_expr]], axis=2)  # (V, 3, S + E)
         jreg = model.j_regressor
-        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
+        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
         self.n_shape, self.n_expr = model.n_shape, n_expr
         self.parents = [int(p) for p in model.parents]
         self.register_buffer("v_template", as_t(model.v_template[ids]))

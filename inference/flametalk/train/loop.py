@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -88,7 +87,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 class Trainer:
@@ -138,7 +137,7 @@ class Trainer:
             return False
         try:
             state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise FlameTalkError(f"cannot read {self.ckpt_path} to resume ({err}); move it away to start over") from err
         if state.get("format") != CKPT_FORMAT or state.get("stage") != self.cfg.stage:
             raise FlameTalkError(f"{self.ckpt_path} is not a stage-{self.cfg.stage} training checkpoint")

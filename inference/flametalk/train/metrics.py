@@ -38,7 +38,7 @@ def load_masks(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     except UnsafePickleError as err:
         raise FlameTalkError(f"{path} refers to {err.qualified_name}, which a masks file never contains: "
                              "refused to load it (nothing in it was run)") from None
-    except Exception as err:  # noqa: BLE001 - any malformed pickle is the user's file problem
+    except Exception as err:  # any malformed pickle is the user's file problem
         raise FlameTalkError(f"{path} is not a FLAME masks file ({type(err).__name__}: {str(err)[:120]})") from None
     if not isinstance(raw, dict):
         raise FlameTalkError(f"{path} is not a FLAME masks file (expected a dict of index arrays)")

@@ -66,7 +66,7 @@ class BSQTraining:
             return self._forward(f_BTC.float())
 
     def _forward(self, f_BTC: torch.Tensor) -> QuantOut:
-        B, T, C = f_BTC.shape
+        _B, T, C = f_BTC.shape
         q_scale = 1.0 / (C**0.5)
         residual, f_hat = f_BTC, torch.zeros_like(f_BTC)
         bits, commit, tok_h, use_h = [], f_BTC.new_zeros(()), f_BTC.new_zeros(()), f_BTC.new_zeros(())

@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("bpy")
 
-from fixtures.addon import ROOT  # noqa: E402
-from fixtures.common import AUDIO_DIR  # noqa: E402
-from fixtures.report import record  # noqa: E402
-from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
+from fixtures.addon import ROOT
+from fixtures.common import AUDIO_DIR
+from fixtures.report import record
+from flametalk.testing import synthetic_flame as synthetic
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["overlapped", "no-overlap"])

@@ -25,11 +25,11 @@ import pytest
 
 pytest.importorskip("bpy")
 
-from fixtures.addon import ROOT, write_wav  # noqa: E402
-from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
+from fixtures.addon import ROOT, write_wav
+from flametalk.testing import synthetic_flame as synthetic
 
-from blender_addon.cli import main as cli  # noqa: E402
-from blender_addon.scene import export  # noqa: E402
+from blender_addon.cli import main as cli
+from blender_addon.scene import export
 
 FAKE_WORKER = r'''
 import json, os, select, sys, time
@@ -139,7 +139,7 @@ def test_batch_interrupted_while_waiting_for_the_worker(sig, setup) -> None:
     _wait_for(setup["marks"] / "generate2", proc)  # b is with the worker
     time.sleep(0.5)
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-3000:]
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert "Traceback" not in stderr and len([ln for ln in lines if ln.startswith("flametalk:")]) == 1, stderr

@@ -54,7 +54,7 @@ def unwritable(tmp_path: Path) -> Path:
         yield folder
         return
     os.close(handle)
-    os.unlink(probe)
+    Path(probe).unlink()
     pytest.skip("no folder here refuses new files")
 
 

@@ -36,3 +36,11 @@ def test_checkpoint_and_file_problems(tmp_path: Path) -> None:
     (tmp_path / "empty.wav").write_bytes(b"")
     assert "empty" in paths.file_problem(tmp_path / "empty.wav", "audio file")
     assert "not found" in paths.file_problem(tmp_path / "x.wav", "audio file")
+
+
+def test_absolute_collapses_dots_and_keeps_symlinks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    assert paths.absolute("link/../link/take.blend") == str(tmp_path / "link" / "take.blend")  # not .../real/...
+    assert paths.absolute(Path("out") / ".." / "a.blend") == str(tmp_path / "a.blend")

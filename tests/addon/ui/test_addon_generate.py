@@ -354,7 +354,7 @@ def test_style_release_clip_and_file(addon, head_model, parity_checkpoint_dir: P
     settings = bpy.context.scene.flametalk
     settings.audio_file = str(ENG2)
     settings.style_source, settings.style_release = "RELEASE", "nope"
-    with pytest.raises(generate.GenerateError, match="style clip 'nope' not found.*calm_test"):
+    with pytest.raises(generate.GenerateError, match=r"style clip 'nope' not found.*calm_test"):
         generate.GenerateJob(operators_generate.build_request(bpy.context))
     settings.style_release = "calm_test"
     released = generate.run_blocking(operators_generate.build_request(bpy.context), timeout=300)

@@ -4,6 +4,7 @@ set-ups it refuses before touching anything."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_status_and_refusals(tmp_path):
     with pytest.raises(runtime.RuntimeSetupError, match="not a FlameTalk runtime"):
         runtime.setup_runtime(bundle, other, sys.executable)
     assert (other / "holiday.jpg").exists()
-    with pytest.raises(runtime.RuntimeSetupError, match="needs Python 3.99"):
+    with pytest.raises(runtime.RuntimeSetupError, match=re.escape("needs Python 3.99")):
         runtime.setup_runtime(_bundle(tmp_path / "b", python="3.99"), tmp_path / "new", sys.executable)
     assert not (tmp_path / "new").exists()
     assert runtime.current_platform() == "linux-x64" or sys.platform != "linux"

@@ -141,7 +141,7 @@ def test_a_python_without_torch_is_reported(tmp_path):
 def test_queued_jobs_each_get_their_own_answers(client, parity_checkpoint_dir, tmp_path):
     """The batch CLI queues the next line while one runs: waiting for the later job must not swallow the earlier
     job's events."""
-    common = dict(checkpoint=str(parity_checkpoint_dir), device="cpu")
+    common = {"checkpoint": str(parity_checkpoint_dir), "device": "cpu"}
     first = client.submit("generate", audio=str(AUDIO_DIR / "cn1.wav"), out=str(tmp_path / "a.npz"), **common)
     second = client.submit("generate", audio=str(AUDIO_DIR / "eng2.wav"), out=str(tmp_path / "b.npz"), **common)
     late = client.wait(second, timeout=300)  # the first job's progress and result arrive meanwhile
@@ -179,7 +179,7 @@ def test_spare_cores_changes_threads_between_windows(client, parity_checkpoint_d
 def test_a_job_queued_behind_a_crash_is_reported_not_waited_for(parity_checkpoint_dir, tmp_path):
     c = WorkerClient(sys.executable)
     c.start()
-    common = dict(checkpoint=str(parity_checkpoint_dir), device="cpu")
+    common = {"checkpoint": str(parity_checkpoint_dir), "device": "cpu"}
     running = c.submit("generate", audio=str(long_silence(tmp_path, 600)), out=str(tmp_path / "k.npz"), **common)
     queued = c.submit("generate", audio=str(AUDIO_DIR / "eng2.wav"), out=str(tmp_path / "q.npz"), **common)
     with pytest.raises(WorkerError):

@@ -21,9 +21,9 @@ from flametalk.fast.packed import PackedLinear
 from flametalk.fast.precision import apply_mode
 
 HOST = plans.detect()
-AVX2_ONLY = dict(machine="x86_64", model="test", torch_capability="AVX2", avx2=True, avx512=False,
-                 avx512_vnni=False, avx_vnni=False, avx512_bf16=False, amx=False, onednn=True, fbgemm=True,
-                 native_bf16=False, native_fp16=False)
+AVX2_ONLY = {"machine": "x86_64", "model": "test", "torch_capability": "AVX2", "avx2": True, "avx512": False,
+             "avx512_vnni": False, "avx_vnni": False, "avx512_bf16": False, "amx": False, "onednn": True,
+             "fbgemm": True, "native_bf16": False, "native_fp16": False}
 
 
 def fake(**changes) -> plans.CpuFeatures:

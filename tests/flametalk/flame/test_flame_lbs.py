@@ -105,7 +105,8 @@ def test_pose_correctives_follow_r_minus_i_row_major() -> None:
     verts, _ = forward(model, pose)
     r21 = np.sin(angle)  # R_x(angle)[2, 1]
     rest_offset = np.array([r21, 0, 0])  # added before skinning, then rotated with the jaw
-    np.testing.assert_allclose(verts[0, 5], [0, 1, 1] + rodrigues(pose[6:9]) @ ([0, 0, 1] + rest_offset), atol=1e-12)
+    expected = [0, 1, 1] + rodrigues(pose[6:9]) @ (np.array([0, 0, 1]) + rest_offset)
+    np.testing.assert_allclose(verts[0, 5], expected, atol=1e-12)
 
 
 def test_joints_move_with_expression() -> None:

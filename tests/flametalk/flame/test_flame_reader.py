@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from fixtures import hostile_files
 from fixtures.common import REPO as ROOT
-from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic
 
-from blender_addon.flame import FlameFileError, load_flame, load_shape_coefficients  # noqa: E402
-from blender_addon.flame.reader import WARN_2023  # noqa: E402
+from blender_addon.flame import FlameFileError, load_flame, load_shape_coefficients
+from blender_addon.flame.reader import WARN_2023
 
 KEYS = {"v_template": "v_template", "shapedirs": "shapedirs", "posedirs": "posedirs",
         "J_regressor": "j_regressor", "weights": "weights"}
@@ -118,7 +118,7 @@ def test_malicious_pickle_inside_pt_is_refused(files: dict[str, str], tmp_path: 
             data = Path(evil).read_bytes() if item.filename.endswith("data.pkl") else src.read(item)
             dst.writestr(item, data)
     for use_torch in (None, False):
-        with pytest.raises(FlameFileError, match="posix.system.*refused"):
+        with pytest.raises(FlameFileError, match=r"posix\.system.*refused"):
             load_flame(path, use_torch=use_torch)
     assert not sentinel.exists()
 
@@ -174,11 +174,11 @@ def test_wrong_array_shapes(change, expected: str, arrays, tmp_path: Path) -> No
 
 def test_chumpy_expression_objects_are_not_evaluated(arrays, tmp_path: Path) -> None:
     # A derived chumpy object (not a plain Ch array) would need chumpy itself: clear error instead.
-    content = {k: v for k, v in arrays.items()}
+    content = dict(arrays.items())
     content["shapedirs"] = synthetic._Obj("chumpy.ch_ops", "add", {"a": 1, "b": 2})
     path = tmp_path / "generic_model.pkl"
     path.write_bytes(synthetic._Emitter(py2=True).dumps(content))
-    with pytest.raises(FlameFileError, match="'shapedirs' is unreadable.*chumpy.ch_ops.add"):
+    with pytest.raises(FlameFileError, match=r"'shapedirs' is unreadable.*chumpy\.ch_ops\.add"):
         load_flame(str(path))
 
 

@@ -102,10 +102,10 @@ def _json_paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
     paths = [prefix]
     if isinstance(obj, dict):
         for key, value in obj.items():
-            paths += _json_paths(value, prefix + (key,))
+            paths += _json_paths(value, (*prefix, key))
     elif isinstance(obj, list):
         for i, value in enumerate(obj):
-            paths += _json_paths(value, prefix + (i,))
+            paths += _json_paths(value, (*prefix, i))
     return paths
 
 
@@ -477,7 +477,7 @@ def _child(family: str, seed: int, count: int, folder: Path, marker: Path) -> in
             result, message = "ok", ""
         except allowed as err:
             result, message = "error", str(err)
-        except BaseException as err:  # noqa: BLE001 - what the fuzzer is looking for
+        except BaseException as err:  # what the fuzzer is looking for
             result = "crash"
             message = "".join(traceback.format_exception_only(type(err), err)).strip()[-600:]
             (folder / f"crash_{i}_{name}").write_bytes(body)
@@ -486,7 +486,8 @@ def _child(family: str, seed: int, count: int, folder: Path, marker: Path) -> in
         print(json.dumps({"case": i, "how": how, "result": result, "message": message,
                           "noise": noise[:3]}), flush=True)
         noise.clear()
-    hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+    with open("/proc/self/status") as status:
+        hwm = next(line for line in status if line.startswith("VmHWM:"))
     print(json.dumps({"done": count, "peak_mb": int(hwm.split()[1]) / 1024}), flush=True)
     return 0
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from fixtures import hostile_files
 from fixtures.common import REPO as ROOT
-from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
+from flametalk.testing import synthetic_flame as synthetic
 
-from blender_addon.flame import FlameFileError, load_flame  # noqa: E402
-from blender_addon.flame.reader import MAX_VERTS  # noqa: E402
-from blender_addon.flame.safepickle import to_array  # noqa: E402
+from blender_addon.flame import FlameFileError, load_flame
+from blender_addon.flame.reader import MAX_VERTS
+from blender_addon.flame.safepickle import to_array
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="writing a .pt file needs torch")

@@ -27,7 +27,7 @@ FORMATS = [  # (format, subtype, suffix)
 
 
 def tone(rate: int, seconds: float, channels: int, amp: float = 0.5) -> np.ndarray:
-    t = np.arange(int(round(seconds * rate))) / rate
+    t = np.arange(round(seconds * rate)) / rate
     x = amp * np.sin(2 * np.pi * TONE_HZ * t)
     # Stereo: the tone on the left, silence on the right -> the mono mix has half the amplitude.
     return np.stack([x, np.zeros_like(x)], axis=1) if channels == 2 else x

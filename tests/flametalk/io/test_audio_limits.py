@@ -83,7 +83,7 @@ def test_a_header_that_understates_the_length_is_stopped_while_reading(monkeypat
     monkeypatch.setattr(audio_mod, "MAX_SECONDS", 1)
     resampler = audio_mod._StreamResampler(16_000, 100, "audio file 'x.mp3'")
     resampler.feed(np.zeros(30_000, np.float32))
-    with pytest.raises(FlameTalkError, match="audio file 'x.mp3' is 2 s .* at most 1 s"):
+    with pytest.raises(FlameTalkError, match=r"audio file 'x\.mp3' is 2 s .* at most 1 s"):
         resampler.feed(np.zeros(3_000, np.float32))
 
 

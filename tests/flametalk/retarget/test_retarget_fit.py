@@ -57,7 +57,7 @@ def test_hand_placed_start_fits_a_head_the_automatic_start_cannot():
         fit(flame, character)  # automatic: assumes the head faces -Y
     assert "\n" not in str(err.value)
     # the user's placement: 8 degrees, 5% and 2 cm off
-    init = similarity_matrix(95.0, rotation((3.0, 2.0, 62.0)), np.array(offset) + [1.5, -1.0, 1.0])
+    init = similarity_matrix(95.0, rotation((3.0, 2.0, 62.0)), np.array(offset) + np.array([1.5, -1.0, 1.0]))
     fitted = fit(flame, character, init=init)
     assert fitted.scale == pytest.approx(100.0, rel=1e-4)
     assert _angle(fitted.rotation, rotation(degrees)) < 0.05

@@ -50,7 +50,7 @@ def test_transfer_matches_the_flame_forward_pass():
     np.testing.assert_allclose(rhs, np.einsum("kfa,tfa->tk", deltas, disp), rtol=1e-9, atol=1e-9 * np.abs(rhs).max())
     np.testing.assert_allclose(norms, np.sum(disp**2, axis=(1, 2)), rtol=1e-9)
     np.testing.assert_allclose(gram, np.einsum("kfa,lfa->kl", deltas, deltas), rtol=1e-12)
-    head, jaw = transfer.rotations(motion)
+    head, _jaw = transfer.rotations(motion)
     np.testing.assert_allclose(np.linalg.norm(head, axis=1), np.linalg.norm(motion[:, 100:103], axis=1))
     # a jaw bone takes the jaw: the shapes then see only expressions (+ no pose correctives)
     no_jaw = motion.copy()
@@ -155,7 +155,7 @@ def test_known_weights_are_recovered(recovery):
 
 
 def test_metres_and_centimetres_give_the_same_weights(recovery):
-    truth, motion, result_cm = recovery
+    _truth, motion, result_cm = recovery
     character_m, fitted_m = cached_fit(1.0)
     result_m = retarget(ict_flame(EXPR_KEYS), character_m, motion, keys="all", fitted=fitted_m)
     np.testing.assert_allclose(result_m.weights, result_cm.weights, atol=2e-3)

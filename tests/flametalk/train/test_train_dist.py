@@ -38,9 +38,9 @@ def test_two_processes_match_one_process(stage, tmp_path):
     # difference stays < 1e-6 while training moves the weights ~1000x more (checked below).
     optim = {"batch_size": 4, "lr": 1e-5, "warmup_steps": 0}
     if stage == 1:
-        make = lambda d: stage1_dict(d, steps=4, optim=optim)  # noqa: E731
+        make = lambda d: stage1_dict(d, steps=4, optim=optim)
     else:
-        make = lambda d: stage2_dict(d, stage1_vq().export_dir, steps=3, optim=optim,  # noqa: E731
+        make = lambda d: stage2_dict(d, stage1_vq().export_dir, steps=3, optim=optim,
                                      stage2={"null_style_prob": 0.5, "style_dropout": False})
     two_cfg = tmp_path / "two.json"
     two_cfg.write_text(json.dumps(make(tmp_path / "two")))

@@ -13,9 +13,9 @@ COMPARED = ("lr", "grad_norm", "loss", "motion_l1", "commit", "codebook", "dead_
 @pytest.mark.parametrize("stage,quantizer", [(1, "bsq"), (1, "vq"), (2, "vq")])
 def test_resume_continues_the_same_loss_curve(stage, quantizer, tmp_path):
     if stage == 1:  # VQ: a dead-code refresh (every 10 steps) falls after the restart
-        make = lambda d: stage1_dict(d, quantizer=quantizer, steps=12, quant={"refresh_every": 10})  # noqa: E731
+        make = lambda d: stage1_dict(d, quantizer=quantizer, steps=12, quant={"refresh_every": 10})
     else:
-        make = lambda d: stage2_dict(d, stage1_vq().export_dir, steps=8)  # noqa: E731
+        make = lambda d: stage2_dict(d, stage1_vq().export_dir, steps=8)
     total = make(tmp_path)["optim"]["max_steps"]
     train(make(tmp_path / "full"), resume=False)
     part = train(make(tmp_path / "part"), resume=False, stop_at=total // 2)
