@@ -2,6 +2,8 @@
 
     python -m blender_addon.cli animate --flame FLAME (--audio A [--checkpoint C] [--style S] | --motion M.npz)
         --out take.blend [--glb F] [--fbx F] [--scene-fps N] [--start-frame N] [controls...]
+    python -m blender_addon.cli retarget --flame FLAME --motion M.npz --character CHAR --out OUT.blend [...]
+        (retarget.py: the motion keyed onto a character with shape keys; `animate`/`batch` take --character too)
 
 Builds the FLAME rig from the user's FLAME file, then either generates a take from `--audio` with the model (the
 same code path as the add-on's Generate button: scene/job.py, the torch worker process, controls, keys, sound
@@ -40,6 +42,7 @@ from ..worker import client as worker_client
 from .animate import animate
 from .batch import run_batch
 from .interrupts import EXIT_INTERRUPTED, Interrupted, handle_interrupts, hold_interrupts, interrupted
+from .retarget import add_retarget_parser, retarget
 from .take import CliError
 
 EXIT_BAD_INPUT = 2
@@ -100,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="generate each line only after the one before is written (for a machine shared with "
                             "other jobs)")
     _add_take_options(batch)
+    add_retarget_parser(commands, _Parser)
     return parser
 
 
@@ -130,9 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-def _run(argv: Sequence[str] | None, GenerateError: type) -> int:  # noqa: N803 - the class, bpy or stand-in
+def _run(argv: Sequence[str] | None, GenerateError: type) -> int:
     try:
         args = _parser().parse_args(argv)
+        if args.command == "retarget":
+            return retarget(args)
         return run_batch(args) if args.command == "batch" else animate(args)
     except Interrupted:
         raise
