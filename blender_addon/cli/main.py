@@ -42,7 +42,7 @@ from ..worker import client as worker_client
 from .animate import animate
 from .batch import run_batch
 from .interrupts import EXIT_INTERRUPTED, Interrupted, handle_interrupts, hold_interrupts, interrupted
-from .retarget import add_retarget_parser, retarget
+from .retarget import add_character_options, add_retarget_parser, retarget
 from .take import CliError
 
 EXIT_BAD_INPUT = 2
@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     animate.add_argument("--fbx", help="also export FBX here")
     animate.add_argument("--take", help="take name (default: <audio stem>_take1, or 'FlameTalk take')")
     _add_take_options(animate)
+    add_character_options(animate)
     batch = commands.add_parser("batch", help="many dialogue lines, one warm worker: a .blend per line")
     batch.add_argument("audio_files", nargs="+", metavar="AUDIO", help="speech files, one take each")
     batch.add_argument("--out-dir", required=True, help="folder for <audio stem>.blend (+ .glb / .fbx) per line")
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="generate each line only after the one before is written (for a machine shared with "
                             "other jobs)")
     _add_take_options(batch)
+    add_character_options(batch, per_line=True)
     add_retarget_parser(commands, _Parser)
     return parser
 

@@ -38,12 +38,16 @@ from .interrupts import check_interrupt, hold_interrupts
 from .take import CliError, _check_output, _set_scene_fps, check_fps
 
 CHARACTER_SUFFIXES = (".glb", ".gltf", ".fbx", ".blend")
+_FIT_CACHE: dict[tuple, dict[str, Any]] = {}  # fits made in this process (a batch fits its character once)
 
 
-def add_character_options(parser: argparse.ArgumentParser, with_character: bool = True) -> None:
-    """Options of `retarget` that `animate --character` and `batch --character` share."""
+def add_character_options(parser: argparse.ArgumentParser, with_character: bool = True,
+                          per_line: bool = False) -> None:
+    """Options of `retarget` that `animate --character` and `batch --character` share (`per_line`: the batch's
+    --csv is a flag, <audio stem>.csv beside each .blend; no --report)."""
     if with_character:
-        parser.add_argument("--character", help="character: .glb/.gltf/.fbx or .blend with a mesh with shape keys")
+        parser.add_argument("--character", help="key the take onto this character (.glb/.gltf/.fbx or .blend with "
+                                                "a mesh with shape keys) instead of a FLAME head")
     parser.add_argument("--object", help="the character mesh (default: the only mesh with shape keys)")
     parser.add_argument("--shape-keys", default="all", metavar="all|arkit|N1,N2,...",
                         help="which shape keys to solve for (default all)")
@@ -52,6 +56,10 @@ def add_character_options(parser: argparse.ArgumentParser, with_character: bool 
     head.add_argument("--head-bone", help="head/neck bone that takes the head rotation (default: the object)")
     head.add_argument("--no-head", action="store_true", help="leave the head rotation out")
     parser.add_argument("--face-group", help="vertex group limiting the fit to the face")
+    if per_line:
+        parser.add_argument("--csv", action="store_true", help="with --character: also <audio stem>.csv (Live "
+                                                               "Link Face CSV of the ARKit weights)")
+        return
     parser.add_argument("--csv", help="also write the ARKit weights as Live Link Face CSV here")
     parser.add_argument("--report", help="also write the fit and solve numbers as JSON here")
 
@@ -139,6 +147,10 @@ def solve_on_worker(args: argparse.Namespace, obj: Any, motion: np.ndarray, fold
     np.savez(motion_path, motion=motion.astype(np.float32), fps=np.float32(MOTION_FPS))
     fit_in = os.path.join(folder, "fit.npz")
     has_fit = character.write_stored_fit(obj, fit_in)
+    cache_key = (os.path.abspath(args.character), obj.name, args.face_group, os.path.abspath(args.flame))
+    if not has_fit and cache_key in _FIT_CACHE:  # a batch: the same character, fitted for an earlier line
+        character.store_fit(obj, _FIT_CACHE[cache_key])
+        has_fit = character.write_stored_fit(obj, fit_in)
     fields: dict[str, Any] = {
         "flame": os.path.abspath(args.flame), "motion": motion_path, "character": char_path,
         "out": os.path.join(folder, "result.npz"), "keys": _keys(args.shape_keys), "jaw_bone": bool(args.jaw_bone),
@@ -156,7 +168,8 @@ def solve_on_worker(args: argparse.Namespace, obj: Any, motion: np.ndarray, fold
         raise _worker_error(err) from None
     result = characterfile.read_result(fields["out"])
     if not has_fit:
-        character.store_fit(obj, characterfile.read_fit(fields["fit_out"]))
+        _FIT_CACHE[cache_key] = characterfile.read_fit(fields["fit_out"])
+        character.store_fit(obj, _FIT_CACHE[cache_key])
     return result, event
 
 
@@ -227,6 +240,20 @@ def run_retarget(args: argparse.Namespace, motion: np.ndarray, outputs: dict[str
             "object": obj.name}
 
 
+def generated_motion(job: Any, timeout: float | None) -> np.ndarray:
+    """Wait for a GenerateJob (animate/batch --character) and read its motion (before the controls)."""
+    from ..flame.motionfile import read_motion
+
+    job.wait(timeout)
+    return read_motion(job.out).motion
+
+
+def character_take_name(args: argparse.Namespace) -> str:
+    source = args.audio or args.motion
+    stem = os.path.splitext(os.path.basename(source))[0] if source else "take"
+    return args.take or f"{stem}_{os.path.splitext(os.path.basename(args.character))[0]}"
+
+
 def retarget(args: argparse.Namespace) -> int:
     from ..scene import keyframes
 
@@ -244,7 +271,6 @@ def retarget(args: argparse.Namespace) -> int:
     motion, fps = keyframes.load_motion(args.motion)
     if abs(fps - MOTION_FPS) > 1e-6:
         raise CliError(f"the motion is at {fps:g} fps; retargeting reads FlameTalk motion at {MOTION_FPS} fps")
-    stem = os.path.splitext(os.path.basename(args.motion))[0]
-    name = args.take or f"{stem}_{os.path.splitext(os.path.basename(args.character))[0]}"
-    run_retarget(args, motion, outputs, name)
+    args.audio = None
+    run_retarget(args, motion, outputs, character_take_name(args))
     return 0

@@ -237,3 +237,37 @@ def test_rotation_helper_matches_blender() -> None:
 
     deg = (4.0, -3.0, 6.0)
     np.testing.assert_allclose(np.array(Euler(np.radians(deg), "XYZ").to_matrix()), rotation(deg), atol=1e-7)
+
+
+def test_animate_and_batch_onto_a_character(inputs: dict, parity_checkpoint_dir: Path) -> None:
+    """animate --character generates with the model, then retargets; batch --character fits the character once."""
+    from fixtures.common import AUDIO_DIR
+    from flametalk.io.audio import load_audio
+
+    folder = inputs["folder"]
+    out, rep = folder / "animated.blend", folder / "animated.json"
+    common = ["--flame", inputs["flame"], "--checkpoint", str(parity_checkpoint_dir), "--device", "cpu",
+              "--character", str(ICT_FACE), "--shape-keys", "arkit"]
+    result = subprocess.run([sys.executable, "-m", "blender_addon.cli", "animate", "--audio",
+                             str(AUDIO_DIR / "eng2.wav"), "--out", str(out), "--report", str(rep), *common],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    frames = int(np.ceil(load_audio(AUDIO_DIR / "eng2.wav").size / 640))
+    report = json.loads(rep.read_text())
+    assert report["frames"] == frames and "jawOpen" in report["shape_keys"]
+    _, values = _keyed(out, 1 + np.arange(frames))
+    assert len(values) == len(report["shape_keys"])
+    assert max(np.ptp(v) for v in values.values()) > 0.05  # the face moves (the test model's motion is not speech)
+    assert min(v.min() for v in values.values()) >= 0 and max(v.max() for v in values.values()) <= 1
+    batch_dir = folder / "batch"
+    batch_dir.mkdir()
+    result = subprocess.run([sys.executable, "-m", "blender_addon.cli", "batch", str(AUDIO_DIR / "eng2.wav"),
+                             str(AUDIO_DIR / "cn1.wav"), "--out-dir", str(batch_dir), "--csv", *common],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    lines = json.loads((batch_dir / "batch_report.json").read_text())["lines"]
+    assert [e["status"] for e in lines] == ["ok", "ok"]
+    assert lines[0]["report"]["seconds"]["fit"] > 0 and lines[1]["report"]["seconds"]["fit"] == 0  # fitted once
+    for stem in ("eng2", "cn1"):
+        assert (batch_dir / f"{stem}.blend").is_file() and (batch_dir / f"{stem}.csv").is_file()
+    assert lines[0]["frames"] == frames
