@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -30,9 +29,7 @@ import numpy as np
 from ..core.controls import Controls, apply_controls
 from ..core.livelink import arkit_columns, write_live_link_csv
 from ..core.staging import StagedOutputs
-from ..flame import characterfile
 from ..flame.contract import MOTION_FPS
-from ..worker import client as worker_client
 from ..worker.runtime import automatic_worker_python
 from .interrupts import check_interrupt, hold_interrupts
 from .take import CliError, _check_output, _set_scene_fps, check_fps
@@ -129,48 +126,19 @@ def load_character_scene(path: str) -> None:
         raise CliError(f"cannot read the character {os.path.basename(path)}: {first}") from None
 
 
-def _worker_error(err: Exception) -> Exception:
-    kind = getattr(err, "kind", "internal")
-    if kind == "input":
-        return CliError(str(err))
-    return RuntimeError(f"the worker failed ({kind}): {err}")
+def solve_on_worker(args: argparse.Namespace, obj: Any, motion: np.ndarray) -> tuple[dict, dict]:
+    """scene/retarget.solve with the command line's options; a worker's input error is a CliError."""
+    from ..scene import retarget
 
-
-def solve_on_worker(args: argparse.Namespace, obj: Any, motion: np.ndarray, folder: str) -> tuple[dict, dict]:
-    """Character file and motion to `folder`, the worker's retarget, the result read back: (result, event).
-    A fit made now is stored on the mesh."""
-    from ..scene import character
-
-    char_path = os.path.join(folder, "character.npz")
-    character.write_character_file(obj, char_path, face_group=args.face_group, jaw_bone=args.jaw_bone)
-    motion_path = os.path.join(folder, "motion.npz")
-    np.savez(motion_path, motion=motion.astype(np.float32), fps=np.float32(MOTION_FPS))
-    fit_in = os.path.join(folder, "fit.npz")
-    has_fit = character.write_stored_fit(obj, fit_in)
-    cache_key = (os.path.abspath(args.character), obj.name, args.face_group, os.path.abspath(args.flame))
-    if not has_fit and cache_key in _FIT_CACHE:  # a batch: the same character, fitted for an earlier line
-        character.store_fit(obj, _FIT_CACHE[cache_key])
-        has_fit = character.write_stored_fit(obj, fit_in)
-    fields: dict[str, Any] = {
-        "flame": os.path.abspath(args.flame), "motion": motion_path, "character": char_path,
-        "out": os.path.join(folder, "result.npz"), "keys": _keys(args.shape_keys), "jaw_bone": bool(args.jaw_bone),
-        "flame_version": args.flame_version}
-    if has_fit:
-        fields["fit"] = fit_in
-    else:
-        fields["fit_out"] = os.path.join(folder, "fit_new.npz")
     python = args.worker_python or automatic_worker_python() or sys.executable
-    client = worker_client.get_client(python)
     try:
-        rid = client.submit("retarget", **fields)
-        event = client.wait(rid, timeout=args.timeout)
-    except worker_client.WorkerError as err:
-        raise _worker_error(err) from None
-    result = characterfile.read_result(fields["out"])
-    if not has_fit:
-        _FIT_CACHE[cache_key] = characterfile.read_fit(fields["fit_out"])
-        character.store_fit(obj, _FIT_CACHE[cache_key])
-    return result, event
+        return retarget.solve(obj, motion, args.flame, python, keys=_keys(args.shape_keys),
+                              face_group=args.face_group, jaw_bone=args.jaw_bone, flame_version=args.flame_version,
+                              timeout=args.timeout, fit_cache=_FIT_CACHE)
+    except retarget.RetargetError as err:
+        if err.kind == "input":
+            raise CliError(str(err)) from None
+        raise RuntimeError(str(err)) from None
 
 
 def run_retarget(args: argparse.Namespace, motion: np.ndarray, outputs: dict[str, str | None],
@@ -192,8 +160,7 @@ def run_retarget(args: argparse.Namespace, motion: np.ndarray, outputs: dict[str
     retarget.check_bones(obj, args.jaw_bone, args.head_bone)
     scene = bpy.context.scene
     _set_scene_fps(scene, args.fps)
-    with tempfile.TemporaryDirectory(prefix="flametalk_retarget_") as folder:
-        result, event = solve_on_worker(args, obj, motion, folder)
+    result, event = solve_on_worker(args, obj, motion)
     if outputs.get("csv") and not arkit_columns(result["names"]):
         raise CliError("--csv needs ARKit-named shape keys (e.g. jawOpen, eyeBlinkLeft or eyeBlink_L); the solved "
                        "keys have none (use --shape-keys arkit or all)")

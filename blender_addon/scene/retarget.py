@@ -14,6 +14,8 @@ are removed and the previous active actions and rotation modes restored.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +23,85 @@ import bpy
 import numpy as np
 
 from ..core.controls import simplify_indices
-from ..flame import axis_angle_to_quaternion
+from ..flame import axis_angle_to_quaternion, characterfile
 from ..flame.contract import MOTION_FPS
 from . import compat, keyframes
+from ..worker.client import WorkerError, get_client
+from . import character
 from .character import CharacterError, armature_of, bone_rest
 from .keyframes import ROLE_PROP, TAKE_PROP
 
 ROLES = ("character_shapes", "character_bones", "character_object")
+
+
+class RetargetError(Exception):
+    """One readable line; kind: "input" (the user's files or choices) or the worker's failure kind."""
+
+    def __init__(self, message: str, kind: str = "input"):
+        super().__init__(" ".join(str(message).split()))
+        self.kind = kind
+
+
+def _run_worker(python: str, cmd: str, fields: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    client = get_client(python)
+    try:
+        rid = client.submit(cmd, **fields)
+        return client.wait(rid, timeout=timeout)
+    except WorkerError as err:
+        raise RetargetError(str(err), err.kind) from None
+
+
+def fit_character(obj: bpy.types.Object, flame: str, python: str, face_group: str | None = None,
+                  init: np.ndarray | None = None, flame_version: str | None = None,
+                  timeout: float | None = None) -> dict[str, Any]:
+    """Fit FLAME to `obj` on the worker and store the fit on the mesh (the panel's Fit). `init`: 4x4 placing
+    Blender-axes FLAME (metres) in the mesh's object frame (a FLAME head placed by hand). Returns the worker's
+    fit numbers {"rms_mm", "max_mm", "vertices_used", ...}."""
+    with tempfile.TemporaryDirectory(prefix="flametalk_fit_") as folder:
+        char_path, fit_path = os.path.join(folder, "character.npz"), os.path.join(folder, "fit.npz")
+        character.write_character_file(obj, char_path, face_group=face_group)
+        fields: dict[str, Any] = {"flame": os.path.abspath(flame), "character": char_path, "fit_out": fit_path,
+                                  "flame_version": flame_version}
+        if init is not None:
+            fields["init"] = np.asarray(init, float).tolist()
+        event = _run_worker(python, "fit", fields, timeout)
+        character.store_fit(obj, characterfile.read_fit(fit_path))
+    return event["fit"]
+
+
+def solve(obj: bpy.types.Object, motion: np.ndarray, flame: str, python: str, keys: str | list[str] = "all",
+          face_group: str | None = None, jaw_bone: str | None = None, flame_version: str | None = None,
+          timeout: float | None = None, fit_cache: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The character's shape key weights for `motion` (T, 106) at 25 fps, solved on the worker:
+    (characterfile.read_result's dict, the worker's result event). Uses the fit stored on the mesh (else
+    `fit_cache`'s for the same file and object, else fits now and stores the fit on the mesh)."""
+    with tempfile.TemporaryDirectory(prefix="flametalk_retarget_") as folder:
+        char_path = os.path.join(folder, "character.npz")
+        character.write_character_file(obj, char_path, face_group=face_group, jaw_bone=jaw_bone)
+        motion_path = os.path.join(folder, "motion.npz")
+        np.savez(motion_path, motion=np.asarray(motion, np.float32), fps=np.float32(MOTION_FPS))
+        fit_in = os.path.join(folder, "fit.npz")
+        has_fit = character.write_stored_fit(obj, fit_in)
+        cache_key = (bpy.data.filepath, obj.name, len(obj.data.vertices), face_group, os.path.abspath(flame))
+        if not has_fit and fit_cache is not None and cache_key in fit_cache:
+            character.store_fit(obj, fit_cache[cache_key])
+            has_fit = character.write_stored_fit(obj, fit_in)
+        fields: dict[str, Any] = {
+            "flame": os.path.abspath(flame), "motion": motion_path, "character": char_path,
+            "out": os.path.join(folder, "result.npz"), "keys": keys, "jaw_bone": bool(jaw_bone),
+            "flame_version": flame_version}
+        if has_fit:
+            fields["fit"] = fit_in
+        else:
+            fields["fit_out"] = os.path.join(folder, "fit_new.npz")
+        event = _run_worker(python, "retarget", fields, timeout)
+        result = characterfile.read_result(fields["out"])
+        if not has_fit:
+            fit = characterfile.read_fit(fields["fit_out"])
+            if fit_cache is not None:
+                fit_cache[cache_key] = fit
+            character.store_fit(obj, fit)
+    return result, event
 
 
 @dataclass
