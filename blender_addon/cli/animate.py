@@ -5,10 +5,9 @@ then the take is keyed and written (take.py). With --character the take goes ont
 from __future__ import annotations
 
 import argparse
-import os
+from pathlib import Path
 
 from ..flame.contract import MOTION_FPS
-
 from .interrupts import check_interrupt, interrupted
 from .retarget import character_take_name, check_character_args, generated_motion, run_retarget
 from .take import CliError, prepare_take, start_generation, write_take
@@ -39,8 +38,8 @@ def animate_character(args: argparse.Namespace) -> int:
     outputs = check_character_args(args)
     prep = prepare_take(args)  # audio, checkpoint, motion, --out/--glb/--fbx: checked before anything runs
     outputs.update(out=prep.out, glb=prep.glb, fbx=prep.fbx)
-    if not os.path.isfile(args.flame):
-        raise CliError(f"FLAME file not found: {os.path.abspath(args.flame)}")
+    if not Path(args.flame).is_file():
+        raise CliError(f"FLAME file not found: {Path(args.flame).absolute()}")
     job = start_generation(prep)
     try:
         motion = prep.motion if job is None else generated_motion(job, args.timeout)

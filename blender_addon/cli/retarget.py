@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,8 +88,8 @@ def add_retarget_parser(commands: Any, parser_class: type) -> argparse.ArgumentP
 
 def check_character_args(args: argparse.Namespace) -> dict[str, str | None]:
     """Output paths and the character's file checked before anything runs; returns the absolute outputs."""
-    character = os.path.abspath(args.character)
-    if not os.path.isfile(character):
+    character = str(Path(args.character).absolute())
+    if not Path(character).is_file():
         raise CliError(f"character file not found: {character}")
     if not character.lower().endswith(CHARACTER_SUFFIXES):
         raise CliError(f"--character must be a .glb, .gltf, .fbx or .blend file: {character}")
@@ -111,7 +111,7 @@ def load_character_scene(path: str) -> None:
     """An empty scene holding the character file's objects (.blend: that file opened)."""
     import bpy
 
-    path = os.path.abspath(path)
+    path = str(Path(path).absolute())
     try:
         if path.lower().endswith(".blend"):
             bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=False)
@@ -123,7 +123,7 @@ def load_character_scene(path: str) -> None:
             bpy.ops.import_scene.gltf(filepath=path)
     except RuntimeError as err:
         first = " ".join(str(err).split())[:200]
-        raise CliError(f"cannot read the character {os.path.basename(path)}: {first}") from None
+        raise CliError(f"cannot read the character {Path(path).name}: {first}") from None
 
 
 def solve_on_worker(args: argparse.Namespace, obj: Any, motion: np.ndarray) -> tuple[dict, dict]:
@@ -217,8 +217,8 @@ def generated_motion(job: Any, timeout: float | None) -> np.ndarray:
 
 def character_take_name(args: argparse.Namespace) -> str:
     source = args.audio or args.motion
-    stem = os.path.splitext(os.path.basename(source))[0] if source else "take"
-    return args.take or f"{stem}_{os.path.splitext(os.path.basename(args.character))[0]}"
+    stem = Path(source).stem if source else "take"
+    return args.take or f"{stem}_{Path(args.character).stem}"
 
 
 def retarget(args: argparse.Namespace) -> int:
@@ -229,8 +229,8 @@ def retarget(args: argparse.Namespace) -> int:
                                       "fbx": _check_output(args.fbx, ".fbx", "--fbx")}
     outputs.update(check_character_args(args))
     check_fps(args.fps)
-    if not os.path.isfile(args.flame):
-        raise CliError(f"FLAME file not found: {os.path.abspath(args.flame)}")
+    if not Path(args.flame).is_file():
+        raise CliError(f"FLAME file not found: {Path(args.flame).absolute()}")
     try:
         import bpy  # noqa: F401
     except ImportError:

@@ -14,9 +14,9 @@ are removed and the previous active actions and rotation modes restored.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import bpy
@@ -25,9 +25,8 @@ import numpy as np
 from ..core.controls import simplify_indices
 from ..flame import axis_angle_to_quaternion, characterfile
 from ..flame.contract import MOTION_FPS
-from . import compat, keyframes
 from ..worker.client import WorkerError, get_client
-from . import character
+from . import character, compat, keyframes
 from .character import CharacterError, armature_of, bone_rest
 from .keyframes import ROLE_PROP, TAKE_PROP
 
@@ -57,10 +56,11 @@ def fit_character(obj: bpy.types.Object, flame: str, python: str, face_group: st
     """Fit FLAME to `obj` on the worker and store the fit on the mesh (the panel's Fit). `init`: 4x4 placing
     Blender-axes FLAME (metres) in the mesh's object frame (a FLAME head placed by hand). Returns the worker's
     fit numbers {"rms_mm", "max_mm", "vertices_used", ...}."""
-    with tempfile.TemporaryDirectory(prefix="flametalk_fit_") as folder:
-        char_path, fit_path = os.path.join(folder, "character.npz"), os.path.join(folder, "fit.npz")
+    with tempfile.TemporaryDirectory(prefix="flametalk_fit_") as tmp:
+        folder = Path(tmp)
+        char_path, fit_path = str(folder / "character.npz"), str(folder / "fit.npz")
         character.write_character_file(obj, char_path, face_group=face_group)
-        fields: dict[str, Any] = {"flame": os.path.abspath(flame), "character": char_path, "fit_out": fit_path,
+        fields: dict[str, Any] = {"flame": str(Path(flame).absolute()), "character": char_path, "fit_out": fit_path,
                                   "flame_version": flame_version}
         if init is not None:
             fields["init"] = np.asarray(init, float).tolist()
@@ -75,25 +75,27 @@ def solve(obj: bpy.types.Object, motion: np.ndarray, flame: str, python: str, ke
     """The character's shape key weights for `motion` (T, 106) at 25 fps, solved on the worker:
     (characterfile.read_result's dict, the worker's result event). Uses the fit stored on the mesh (else
     `fit_cache`'s for the same file and object, else fits now and stores the fit on the mesh)."""
-    with tempfile.TemporaryDirectory(prefix="flametalk_retarget_") as folder:
-        char_path = os.path.join(folder, "character.npz")
+    flame = str(Path(flame).absolute())
+    with tempfile.TemporaryDirectory(prefix="flametalk_retarget_") as tmp:
+        folder = Path(tmp)
+        char_path = str(folder / "character.npz")
         character.write_character_file(obj, char_path, face_group=face_group, jaw_bone=jaw_bone)
-        motion_path = os.path.join(folder, "motion.npz")
+        motion_path = str(folder / "motion.npz")
         np.savez(motion_path, motion=np.asarray(motion, np.float32), fps=np.float32(MOTION_FPS))
-        fit_in = os.path.join(folder, "fit.npz")
+        fit_in = str(folder / "fit.npz")
         has_fit = character.write_stored_fit(obj, fit_in)
-        cache_key = (bpy.data.filepath, obj.name, len(obj.data.vertices), face_group, os.path.abspath(flame))
+        cache_key = (bpy.data.filepath, obj.name, len(obj.data.vertices), face_group, flame)
         if not has_fit and fit_cache is not None and cache_key in fit_cache:
             character.store_fit(obj, fit_cache[cache_key])
             has_fit = character.write_stored_fit(obj, fit_in)
         fields: dict[str, Any] = {
-            "flame": os.path.abspath(flame), "motion": motion_path, "character": char_path,
-            "out": os.path.join(folder, "result.npz"), "keys": keys, "jaw_bone": bool(jaw_bone),
+            "flame": flame, "motion": motion_path, "character": char_path, "out": str(folder / "result.npz"),
+            "keys": keys, "jaw_bone": bool(jaw_bone),
             "flame_version": flame_version}
         if has_fit:
             fields["fit"] = fit_in
         else:
-            fields["fit_out"] = os.path.join(folder, "fit_new.npz")
+            fields["fit_out"] = str(folder / "fit_new.npz")
         event = _run_worker(python, "retarget", fields, timeout)
         result = characterfile.read_result(fields["out"])
         if not has_fit:

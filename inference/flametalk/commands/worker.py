@@ -475,6 +475,8 @@ class Worker:
             if req.get("fit_out"):
                 fitted.save(req["fit_out"])
         stage(2, "fit")
+        if req.get("fit"):
+            seconds["fit"] = 0.0  # a stored fit: no fitting
         fit_info = {"rms_mm": round(fitted.rms_mm, 4), "max_mm": round(fitted.max_mm, 4),
                     "vertices_used": int(fitted.n_used), "scale": fitted.scale, "mm_per_unit": fitted.mm_per_unit}
         if cmd == "fit":

@@ -126,7 +126,8 @@ def test_known_weights_are_keyed_and_recovered(case: str, inputs: dict) -> None:
     others = [i for i in range(len(names)) if i not in known]
     rep = json.loads(report.read_text())
     record("retarget CLI", f"{case}: recovery mean abs error", f"{error:.4f}")
-    record("retarget CLI", f"{case}: fit rms / residual", f"{rep['fit']['rms_mm']:.3f} / {rep['residual_rms_mm']:.3f} mm")
+    record("retarget CLI", f"{case}: fit rms / residual",
+           f"{rep['fit']['rms_mm']:.3f} / {rep['residual_rms_mm']:.3f} mm")
     assert error < 0.03 and np.abs(keyed[:, others]).mean() < 0.03
     assert rep["frames"] == FRAMES and rep["shape_keys"] == names and rep["residual_rms_mm"] < 0.5
     assert rep["fit"]["vertices_used"] > 0.95 * len(obj.data.vertices) and rep["fit"]["rms_mm"] < 0.5

@@ -29,7 +29,7 @@ def test_extract_matches_the_file_and_round_trips(tmp_path) -> None:
     # a key relative to another key: its delta is against that key, as Blender adds it
     key.key_blocks["mouthClose"].relative_key = key.key_blocks["jawOpen"]
     group = obj.vertex_groups.new(name="face")
-    group.add(list(range(0, 5000)), 1.0, "REPLACE")
+    group.add(list(range(5000)), 1.0, "REPLACE")
     arrays = character.write_character_file(obj, str(tmp_path / "c.npz"), face_group="face")
     mesh = ict()
     assert arrays["names"] == mesh.names and arrays["rest"].shape == (13294, 3)
