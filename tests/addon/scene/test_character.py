@@ -129,3 +129,22 @@ def test_keying_is_all_or_nothing() -> None:
     np.testing.assert_allclose(np.array(obj.rotation_quaternion), [np.cos(0.05), 0, 0, np.sin(0.05)], atol=1e-6)
     assert sorted(a.name for a in bpy.data.actions) == sorted([*before, "t4", "t4 object"])
     assert active.name == "t1"
+
+
+def test_simplified_keys_stay_within_tolerance() -> None:
+    obj = _import_ict()
+    scene = bpy.context.scene
+    scene.render.fps = 25
+    frames = 200
+    t = np.arange(frames) / 25.0
+    result = _result(["jawOpen", "eyeBlink_L"], frames)
+    result["weights"][:, 0] = 0.5 + 0.4 * np.sin(2 * np.pi * 0.5 * t)
+    result["weights"][:, 1] = 0.2  # constant: two keys
+    take = retarget.key_character_take(obj, result, "s", scene, start_frame=1, simplify=(0.01, 0.01))
+    from blender_addon.scene import compat
+
+    curves = {fc.data_path: fc for fc in compat.iter_action_fcurves(take.shape_action)}
+    jaw, blink = curves['key_blocks["jawOpen"].value'], curves['key_blocks["eyeBlink_L"].value']
+    assert len(blink.keyframe_points) == 2 and 2 < len(jaw.keyframe_points) < frames / 3
+    values = np.array([jaw.evaluate(1.0 + i) for i in range(frames)])
+    assert np.abs(values - result["weights"][:, 0]).max() <= 0.0101
