@@ -218,3 +218,32 @@ def write_stored_fit(obj: bpy.types.Object, path: str) -> bool:
         return False
     characterfile.write_fit(path, fit)
     return True
+
+
+def show_fitted_head(obj: bpy.types.Object, faces: np.ndarray) -> bpy.types.Object:
+    """A mesh object with the fitted FLAME head (the stored fit's vertices, FLAME's triangles `faces`), parented to
+    the character so it sits where the fit put it; an earlier one is replaced. For checking the fit by eye."""
+    fit = stored_fit(obj)
+    if fit is None:
+        raise CharacterError(f"'{obj.name}' has no fit yet (or the mesh changed since): press Fit first")
+    verts = np.asarray(fit["flame_vertices"], np.float64)
+    faces = np.asarray(faces, np.int64)
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.max() >= len(verts):
+        raise CharacterError("the FLAME file does not match the fit (another model?): fit the character again")
+    name = f"{obj.name} FLAME fit"
+    old = bpy.data.objects.get(name)
+    if old is not None:
+        mesh = old.data
+        bpy.data.objects.remove(old)
+        if mesh.users == 0:
+            bpy.data.meshes.remove(mesh)
+    mesh = bpy.data.meshes.new(name)
+    mesh.from_pydata(verts.tolist(), [], faces.tolist())
+    mesh.update()
+    head = bpy.data.objects.new(name, mesh)
+    for collection in obj.users_collection[:1] or [bpy.context.scene.collection]:
+        collection.objects.link(head)
+    head.parent = obj  # parent inverse stays identity: the vertices are in the character's frame
+    head.display_type = "WIRE"
+    head.hide_render = True
+    return head

@@ -12,6 +12,7 @@ import numpy as np
 from bpy.props import BoolProperty, EnumProperty, PointerProperty, StringProperty
 
 from ..core.controls import apply_controls
+from ..flame import load_flame
 from ..flame.contract import MOTION_FPS
 from ..flame.motionfile import read_motion
 from ..scene import character, keyframes, retarget, takes
@@ -114,6 +115,25 @@ class FLAMETALK_OT_character_fit(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class FLAMETALK_OT_character_show_fit(bpy.types.Operator):
+    """Show the fitted FLAME head over the character (a wireframe child object, not rendered)"""
+
+    bl_idname = "flametalk.character_show_fit"
+    bl_label = "Show Fitted Head"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            obj = _target(context)
+            faces = load_flame(bpy.path.abspath(_settings(context).flame_file), use_torch=False).faces
+            head = character.show_fitted_head(obj, faces)
+        except (character.CharacterError, ValueError) as err:  # FlameFileError is a ValueError
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Showing {head.name}")
+        return {"FINISHED"}
+
+
 class FLAMETALK_OT_character_retarget(bpy.types.Operator):
     """Retarget the FLAME head's active take onto the character (a new character take)"""
 
@@ -180,5 +200,5 @@ def unregister_properties() -> None:
         del bpy.types.Scene.flametalk_character
 
 
-CLASSES: tuple[type, ...] = (FLAMETALK_PG_character, FLAMETALK_OT_character_fit, FLAMETALK_OT_character_retarget,
-                             FLAMETALK_OT_character_generate)
+CLASSES: tuple[type, ...] = (FLAMETALK_PG_character, FLAMETALK_OT_character_fit, FLAMETALK_OT_character_show_fit,
+                             FLAMETALK_OT_character_retarget, FLAMETALK_OT_character_generate)

@@ -142,6 +142,7 @@ class FLAMETALK_PT_character(_FlameTalkPanel, bpy.types.Panel):
         summary = character.fit_summary(obj) if obj is not None else None
         row = layout.row(align=True)
         row.operator("flametalk.character_fit", icon="MOD_SHRINKWRAP")
+        row.operator("flametalk.character_show_fit", text="Show", icon="HIDE_OFF")
         if summary is None:
             layout.label(text="Not fitted yet (Retarget fits it first)", icon="INFO")
         else:

@@ -59,6 +59,14 @@ def test_fit_then_retarget_this_take(addon: dict) -> None:
     assert bpy.ops.flametalk.character_fit() == {"FINISHED"}
     summary = character.fit_summary(obj)
     assert summary["vertices_used"] > 13000 and summary["rms_mm"] < 0.1
+    assert bpy.ops.flametalk.character_show_fit() == {"FINISHED"}
+    shown = bpy.data.objects["ICT_Face FLAME fit"]
+    assert shown.parent == obj and len(shown.data.vertices) == 13294  # the test model's template is the ICT head
+    co = np.empty(3 * 13294, np.float32)
+    shown.data.vertices.foreach_get("co", co)
+    rest = np.empty(3 * 13294, np.float32)
+    obj.data.vertices.foreach_get("co", rest)
+    assert np.abs(co - rest).max() < 1e-4  # the fit put it on the character (metres)
     keys = expr_keys()
     truth = smooth_weights(40, len(keys), seed=5)
     motion = np.zeros((40, 106), np.float32)
@@ -138,7 +146,7 @@ def test_character_panel_draws(addon: dict) -> None:
     settings.target = None
     panel.FLAMETALK_PT_character.draw(types.SimpleNamespace(layout=_Layout(seen)), bpy.context)
     for expected in ("prop target", "prop flame_file", "prop key_list", "search face_group", "prop head_bone",
-                     "op flametalk.character_fit", "op flametalk.character_retarget",
+                     "op flametalk.character_fit", "op flametalk.character_show_fit", "op flametalk.character_retarget",
                      "op flametalk.character_generate"):
         assert expected in seen, expected
     assert obj.name == "ICT_Face"
