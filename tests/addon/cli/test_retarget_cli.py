@@ -272,3 +272,25 @@ def test_animate_and_batch_onto_a_character(inputs: dict, parity_checkpoint_dir:
     for stem in ("eng2", "cn1"):
         assert (batch_dir / f"{stem}.blend").is_file() and (batch_dir / f"{stem}.csv").is_file()
     assert lines[0]["frames"] == frames
+
+
+def test_exports_carry_the_take(inputs: dict) -> None:
+    """--glb and --fbx: the character with its keyed shape keys; the glb re-imports with the same values."""
+    folder = inputs["folder"]
+    out, glb, fbx = folder / "exp.blend", folder / "exp.glb", folder / "exp.fbx"
+    result = run_cli("--flame", inputs["flame"], "--motion", str(folder / "motion.npz"), "--character",
+                     str(ICT_FACE), "--out", str(out), "--glb", str(glb), "--fbx", str(fbx), "--no-head")
+    assert result.returncode == 0, result.stderr
+    assert glb.stat().st_size > 100_000 and fbx.stat().st_size > 100_000
+    _, values = _keyed(out, 1 + np.arange(FRAMES))
+    bpy.ops.wm.read_homefile(use_empty=True, use_factory_startup=True)
+    bpy.context.scene.render.fps = 25  # the importer converts the file's seconds to this scene's frames
+    bpy.ops.import_scene.gltf(filepath=str(glb))
+    obj = next(o for o in bpy.data.objects if o.type == "MESH")
+    assert len(obj.data.vertices) == 13294
+    key = obj.data.shape_keys
+    assert key.animation_data is not None and key.animation_data.action is not None
+    scene = bpy.context.scene
+    for t in (0, 17, 49):
+        scene.frame_set(1 + t)
+        assert key.key_blocks["jawOpen"].value == pytest.approx(values["jawOpen"][t], abs=1e-4)
