@@ -134,6 +134,27 @@ class FLAMETALK_OT_character_show_fit(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class FLAMETALK_OT_character_use_take(bpy.types.Operator):
+    """Make this character take active on the character"""
+
+    bl_idname = "flametalk.character_use_take"
+    bl_label = "Use Character Take"
+    bl_options = {"REGISTER", "UNDO"}
+
+    take: StringProperty(name="Take", default="")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        obj = _settings(context).target
+        try:
+            if obj is None:
+                raise character.CharacterError("choose the character mesh in the Character section")
+            retarget.assign_character_take(obj, self.take)
+        except character.CharacterError as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
 class FLAMETALK_OT_character_retarget(bpy.types.Operator):
     """Retarget the FLAME head's active take onto the character (a new character take)"""
 
@@ -201,4 +222,5 @@ def unregister_properties() -> None:
 
 
 CLASSES: tuple[type, ...] = (FLAMETALK_PG_character, FLAMETALK_OT_character_fit, FLAMETALK_OT_character_show_fit,
-                             FLAMETALK_OT_character_retarget, FLAMETALK_OT_character_generate)
+                             FLAMETALK_OT_character_use_take, FLAMETALK_OT_character_retarget,
+                             FLAMETALK_OT_character_generate)

@@ -155,7 +155,7 @@ class FLAMETALK_PT_character(_FlameTalkPanel, bpy.types.Panel):
         if names:
             box = layout.box()
             for name in names[-6:]:
-                box.label(text=name, icon="ACTION")
+                box.operator("flametalk.character_use_take", text=name, icon="ACTION").take = name
 
 
 CLASSES: tuple[type, ...] = (FLAMETALK_PT_main, FLAMETALK_PT_controls, FLAMETALK_PT_character, FLAMETALK_PT_takes)

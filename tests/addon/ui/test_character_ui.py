@@ -81,6 +81,11 @@ def test_fit_then_retarget_this_take(addon: dict) -> None:
     values = _values(obj, "line_ICT_Face", 3 + np.arange(40))
     keyed = np.stack([values[k] for k in keys], axis=1)
     assert np.abs(keyed - truth).mean() < 0.03
+    obj.data.shape_keys.animation_data.action = None
+    assert bpy.ops.flametalk.character_use_take(take="line_ICT_Face") == {"FINISHED"}
+    assert obj.data.shape_keys.animation_data.action.name == "line_ICT_Face"
+    with pytest.raises(RuntimeError, match="no character take named 'nope'"):
+        bpy.ops.flametalk.character_use_take(take="nope")
 
 
 def test_generate_for_this_character(addon: dict) -> None:
