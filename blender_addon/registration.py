@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import bpy
 
-from .ui import assets, export, generate, panel, preferences, properties, rig, runtime
+from .ui import assets, character, export, generate, panel, preferences, properties, rig, runtime
 from .worker import client as worker_client
 
-UI_MODULES = (preferences, properties, rig, generate, export, panel, runtime, assets)
+UI_MODULES = (preferences, properties, rig, generate, character, export, panel, runtime, assets)
 CLASSES: tuple[type, ...] = tuple(cls for module in UI_MODULES for cls in module.CLASSES)
 
 
@@ -16,6 +16,7 @@ def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     properties.register_properties()
+    character.register_properties()
     if generate.cancel_on_load not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(generate.cancel_on_load)
 
@@ -25,6 +26,7 @@ def unregister() -> None:
         bpy.app.handlers.load_pre.remove(generate.cancel_on_load)
     worker_client.stop_all()
     properties.unregister_properties()
+    character.unregister_properties()
     for cls in reversed(CLASSES):
         if getattr(cls, "is_registered", False):
             bpy.utils.unregister_class(cls)

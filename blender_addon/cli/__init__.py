@@ -2,7 +2,8 @@
 has the bpy module.
 
 main.py parses and dispatches; animate.py makes one take, batch.py many with one warm worker; take.py is the take
-pipeline both share; interrupts.py turns SIGINT/SIGTERM into a clean stop.
+pipeline both share; retarget.py keys motion onto a character with shape keys (`retarget`, and `animate`/`batch`
+with --character); interrupts.py turns SIGINT/SIGTERM into a clean stop.
 
 May import: `..scene`, `..worker`, `..core`, `..flame`. Never `..ui`.
 """

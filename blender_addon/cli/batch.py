@@ -23,6 +23,7 @@ from ..core.paths import absolute
 from ..core.staging import clean_leftovers, write_json_atomic
 from ..flame import load_flame
 from .interrupts import EXIT_INTERRUPTED, Interrupted, check_interrupt, hold_interrupts, interrupted
+from .retarget import character_take_name, check_character_args, generated_motion, run_retarget
 from .take import CliError, PreparedTake, check_fps, check_writable_folder, prepare_take, start_generation, write_take
 
 REPORT_NAME = "batch_report.json"
@@ -44,7 +45,8 @@ def _line_args(args: argparse.Namespace, audio: str, stem: str, out_dir: str) ->
     return argparse.Namespace(**{
         **vars(args), "audio": audio, "motion": None, "take": None, "out": str(Path(out_dir) / f"{stem}.blend"),
         "glb": str(Path(out_dir) / f"{stem}.glb") if args.glb else None,
-        "fbx": str(Path(out_dir) / f"{stem}.fbx") if args.fbx else None})
+        "fbx": str(Path(out_dir) / f"{stem}.fbx") if args.fbx else None,
+        "csv": str(Path(out_dir) / f"{stem}.csv") if getattr(args, "csv", False) else None, "report": None})
 
 
 def _submit(line: _Line, flame: Any) -> None:
@@ -66,6 +68,13 @@ def _write(line: _Line, spare_cores: int) -> dict[str, object]:
         if spare_cores and line.job is not None:
             line.job.client.spare_cores(spare_cores if working else 0)
 
+    if line.args.character:  # the motion keyed onto the character (retarget.py); the fit is made once
+        outputs = {"out": line.prep.out, "glb": line.prep.glb, "fbx": line.prep.fbx, "csv": line.args.csv,
+                   "report": None}
+        busy(False)
+        motion = generated_motion(line.job, line.args.timeout)
+        busy(True)
+        return run_retarget(line.args, motion, outputs, character_take_name(line.args))
     try:
         return write_take(line.prep, line.job, busy)
     except Exception as err:
@@ -97,6 +106,8 @@ def run_batch(args: argparse.Namespace) -> int:
     if len(set(stems)) != len(stems):
         raise CliError("two audio files share a name; their outputs would overwrite each other: rename one")
     flame = load_flame(args.flame, version=args.flame_version, use_torch=False)  # a bad head fails the batch at once
+    if args.character:
+        check_character_args(argparse.Namespace(**{**vars(args), "csv": None, "report": None}))
     lines = [_Line(a, s, _line_args(args, a, s, out_dir)) for a, s in zip(args.audio_files, stems, strict=True)]
     failed = 0
     started = time.perf_counter()

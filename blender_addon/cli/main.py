@@ -2,6 +2,8 @@
 
     python -m blender_addon.cli animate --flame FLAME (--audio A [--checkpoint C] [--style S] | --motion M.npz)
         --out take.blend [--glb F] [--fbx F] [--scene-fps N] [--start-frame N] [controls...]
+    python -m blender_addon.cli retarget --flame FLAME --motion M.npz --character CHAR --out OUT.blend [...]
+        (retarget.py: the motion keyed onto a character with shape keys; `animate`/`batch` take --character too)
 
 Builds the FLAME rig from the user's FLAME file, then either generates a take from `--audio` with the model (the
 same code path as the add-on's Generate button: scene/job.py, the torch worker process, controls, keys, sound
@@ -42,6 +44,7 @@ from .animate import animate
 from .batch import run_batch
 from .farm import add_farm_parser, run_farm
 from .interrupts import EXIT_INTERRUPTED, Interrupted, handle_interrupts, hold_interrupts, interrupted
+from .retarget import add_character_options, add_retarget_parser, retarget
 from .take import CliError
 
 EXIT_BAD_INPUT = 2
@@ -90,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     animate.add_argument("--fbx", help="also export FBX here")
     animate.add_argument("--take", help="take name (default: <audio stem>_take1, or 'FlameTalk take')")
     _add_take_options(animate)
+    add_character_options(animate)
     batch = commands.add_parser("batch", help="many dialogue lines, one warm worker: a .blend per line")
     batch.add_argument("audio_files", nargs="+", metavar="AUDIO", help="speech files, one take each")
     batch.add_argument("--out-dir", required=True, help="folder for <audio stem>.blend (+ .glb / .fbx) per line")
@@ -103,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                             "other jobs)")
     _add_take_options(batch)
     add_farm_parser(commands, _add_take_options)
+    add_character_options(batch, per_line=True)
+    add_retarget_parser(commands, _Parser)
     return parser
 
 
@@ -138,6 +144,8 @@ def _run(argv: Sequence[str] | None, GenerateError: type) -> int:  # the class, 
         args = _parser().parse_args(argv)
         if args.command == "farm":
             return run_farm(args)
+        if args.command == "retarget":
+            return retarget(args)
         return run_batch(args) if args.command == "batch" else animate(args)
     except Interrupted:
         raise

@@ -7,7 +7,7 @@ from typing import ClassVar
 import bpy
 
 from ..flame.contract import MOTION_FPS, STYLE_FRAMES
-from ..scene import compat, takes
+from ..scene import character, compat, retarget, takes
 from ..scene.rig import find_rig
 from .generate import active_job
 
@@ -113,4 +113,51 @@ class FLAMETALK_PT_takes(_FlameTalkPanel, bpy.types.Panel):
         row.operator("flametalk.export_gltf", text="glTF", icon="EXPORT")
 
 
-CLASSES: tuple[type, ...] = (FLAMETALK_PT_main, FLAMETALK_PT_controls, FLAMETALK_PT_takes)
+class FLAMETALK_PT_character(_FlameTalkPanel, bpy.types.Panel):
+    """Your character: retarget FlameTalk takes onto a mesh with shape keys (ui/character.py)."""
+
+    bl_label = "Character"
+    bl_parent_id = "FLAMETALK_PT_main"
+    bl_options: ClassVar[set[str]] = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        settings = context.scene.flametalk_character
+        col = layout.column()
+        col.prop(settings, "target")
+        col.prop(settings, "flame_file")
+        col.prop(settings, "shape_keys")
+        if settings.shape_keys == "LIST":
+            col.prop(settings, "key_list")
+        obj = settings.target
+        if obj is not None and obj.type == "MESH":
+            col.prop_search(settings, "face_group", obj, "vertex_groups")
+        else:
+            col.prop(settings, "face_group")
+        col.prop(settings, "jaw_bone")
+        col.prop(settings, "head_target")
+        if settings.head_target == "BONE":
+            col.prop(settings, "head_bone")
+        col.prop(settings, "use_placement")
+        summary = character.fit_summary(obj) if obj is not None else None
+        row = layout.row(align=True)
+        row.operator("flametalk.character_fit", icon="MOD_SHRINKWRAP")
+        row.operator("flametalk.character_show_fit", text="Show", icon="HIDE_OFF")
+        if summary is None:
+            layout.label(text="Not fitted yet (Retarget fits it first)", icon="INFO")
+        else:
+            layout.label(text=f"Fit: {summary['rms_mm']:.2f} mm RMS, {summary['max_mm']:.2f} mm max, "
+                              f"{summary['vertices_used']} vertices", icon="CHECKMARK")
+        col = layout.column(align=True)
+        col.operator("flametalk.character_retarget", icon="ARMATURE_DATA")
+        col.operator("flametalk.character_generate", icon="PLAY_SOUND")
+        names = retarget.character_take_names()
+        if names:
+            box = layout.box()
+            for name in names[-6:]:
+                box.operator("flametalk.character_use_take", text=name, icon="ACTION").take = name
+
+
+CLASSES: tuple[type, ...] = (FLAMETALK_PT_main, FLAMETALK_PT_controls, FLAMETALK_PT_character, FLAMETALK_PT_takes)

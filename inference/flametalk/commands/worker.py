@@ -29,6 +29,20 @@ Requests (each has an "id" the answers repeat):
      batch CLI: one while Blender writes a line, none while it waits); applied at once, from the next 4-s window of
      a running job; jobs run on max(1, threads of "hello" - cores). No answer unless it is bad (an error event).
   <- {"event": "error", "id": 1, "message": "one readable line", "kind": "input" | "internal" | "cancelled"}
+  -> {"id": 6, "cmd": "retarget", "flame": "FLAME file", "motion": "take.npz", "character": "char.npz",
+      "out": "result.npz", "keys": "all" | "arkit" | ["jawOpen", ...] | "jawOpen,eyeBlink_L", "jaw_bone": false,
+      "jaw_intensity": 1.0, "fit": null | "fit.npz" (a stored fit: no fitting), "fit_out": null | "fit.npz",
+      "init": null | 4x4 nested list (a hand placement of the FLAME head), "flame_version": null | "2020" | "2023",
+      "options": {"l2": ..., "l1": ..., "symmetry": ..., "smooth": ..., "sweeps": ...}}
+  <- {"event": "progress", "id": 6, "done": 1, "total": 3, "stage": "fit"}   (stages: load, fit, solve, write)
+  <- {"event": "result", "id": 6, "out": "result.npz", "frames": 230, "shape_keys": 52,
+      "fit": {"rms_mm", "max_mm", "vertices_used", "scale", "mm_per_unit"}, "fit_out": path | null,
+      "residual_rms_mm": 0.1, "seconds": {"load", "fit", "transfer", "solve", "write", "total"}}
+     The character, fit and result files are flame/characterfile.py's layouts; the result is written atomically.
+     Character, motion and model files are read without torch; the solve runs with one BLAS thread (faster for
+     its many small systems, and it leaves the other cores to Blender).
+  -> {"id": 7, "cmd": "fit", "flame": ..., "character": ..., "fit_out": "fit.npz", "init": null, ...}
+  <- {"event": "result", "id": 7, "fit_out": "fit.npz", "fit": {...}, "seconds": {"load", "fit", "total"}}
   -> {"id": 2, "cmd": "cancel", "target": 1}    (answered by the cancelled job's error event)
   -> {"id": 3, "cmd": "ping"}                   <- {"event": "pong", "id": 3, "loaded": "DIR|null"}
   -> {"id": 4, "cmd": "shutdown"}               <- {"event": "bye", "id": 4}
@@ -76,7 +90,10 @@ MAX_TEXT_CHARS = 32_768  # a path (Windows long paths are at most 32,767 charact
 MAX_STYLE_START = 10**9
 MAX_SPARE_CORES = 4096
 EXIT_GRACE_S = 5.0  # after stdin closes: time a running job gets to notice the cancel before the process exits
-COMMANDS = ("generate", "load", "cancel", "spare_cores", "ping", "shutdown")
+COMMANDS = ("generate", "load", "retarget", "fit", "cancel", "spare_cores", "ping", "shutdown")
+SOLVE_OPTIONS = ("l2", "l1", "symmetry", "smooth")  # flametalk.retarget.SolveOptions' weights (non-negative)
+MAX_SWEEPS = 100
+MAX_KEY_NAMES = 1_000
 MODES = ("exact", "fast")  # flametalk.fast.precision.MODES (not imported here: that module imports torch)
 
 
@@ -198,6 +215,8 @@ def parse_request(raw: bytes | str) -> dict[str, Any]:
                 if not isinstance(req[flag], bool):
                     raise BadRequest(f"generate: {flag!r} must be true or false, got {_show(req[flag])}", rid)
                 out[flag] = req[flag]
+    elif cmd in ("retarget", "fit"):
+        _parse_retarget(req, out, rid)
     elif cmd == "cancel":
         target = req.get("target")
         if not _valid_id(target):
@@ -211,6 +230,60 @@ def parse_request(raw: bytes | str) -> dict[str, Any]:
                              f"got {_show(cores)}", rid)
         out["cores"] = cores
     return out
+
+
+def _number(value: Any, what: str, rid: Any, low: float = 0.0, high: float = 1e6) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise BadRequest(f"{what} must be a number from {low:g} to {high:g}, got {_show(value)}", rid)
+    return float(value)
+
+
+def _parse_retarget(req: dict[str, Any], out: dict[str, Any], rid: Any) -> None:
+    """The fields of `retarget` and `fit` (see the module docstring)."""
+    cmd = req["cmd"]
+    out["flame"] = _text(req, "flame", rid, required=True)
+    out["character"] = _text(req, "character", rid, required=True)
+    out["flame_version"] = _text(req, "flame_version", rid)
+    if out["flame_version"] not in (None, "2020", "2023"):
+        raise BadRequest(f"{cmd}: 'flame_version' must be \"2020\" or \"2023\"", rid)
+    out["fit_out"] = _text(req, "fit_out", rid)
+    init = req.get("init")
+    if init is not None:
+        ok = isinstance(init, list) and len(init) == 4 and all(
+            isinstance(row, list) and len(row) == 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12 for v in row)
+            for row in init)
+        if not ok:
+            raise BadRequest(f"{cmd}: 'init' must be a 4x4 nested list of numbers", rid)
+    out["init"] = init
+    if cmd == "fit":
+        if not out["fit_out"]:
+            raise BadRequest("fit needs 'fit_out' (a path for the fit file)", rid)
+        return
+    out["motion"] = _text(req, "motion", rid, required=True)
+    out["out"] = _text(req, "out", rid, required=True)
+    out["fit"] = _text(req, "fit", rid)
+    keys = req.get("keys", "all")
+    if isinstance(keys, list):
+        if not keys or len(keys) > MAX_KEY_NAMES or not all(isinstance(k, str) and 0 < len(k) <= 256 for k in keys):
+            raise BadRequest(f"retarget: 'keys' as a list must hold 1 to {MAX_KEY_NAMES} shape key names", rid)
+    else:
+        keys = _text({"cmd": cmd, "keys": keys}, "keys", rid, required=True)
+    out["keys"] = keys
+    jaw_bone = req.get("jaw_bone", False)
+    if not isinstance(jaw_bone, bool):
+        raise BadRequest(f"retarget: 'jaw_bone' must be true or false, got {_show(jaw_bone)}", rid)
+    out["jaw_bone"] = jaw_bone
+    out["jaw_intensity"] = _number(req.get("jaw_intensity", 1.0), "retarget: 'jaw_intensity'", rid, 0.0, 10.0)
+    options = req.get("options") or {}
+    if not isinstance(options, dict) or set(options) - {*SOLVE_OPTIONS, "sweeps"}:
+        raise BadRequest(f"retarget: 'options' must be an object with some of {', '.join(SOLVE_OPTIONS)}, sweeps",
+                         rid)
+    parsed: dict[str, Any] = {k: _number(options[k], f"retarget: option {k!r}", rid) for k in SOLVE_OPTIONS
+                              if k in options}
+    if "sweeps" in options:
+        parsed["sweeps"] = _whole({"cmd": cmd, "sweeps": options["sweeps"]}, "sweeps", rid, 2, MAX_SWEEPS)
+    out["options"] = parsed
 
 
 class Worker:
@@ -300,6 +373,8 @@ class Worker:
             try:
                 if cmd == "generate":
                     self.generate(req)
+                elif cmd in ("retarget", "fit"):
+                    self.retarget(req)
                 elif cmd == "load":
                     self.ensure_model(req)
                     self.send(event="loaded", id=rid)
@@ -387,6 +462,73 @@ class Worker:
                   seconds=round(time.perf_counter() - t0, 3), audio_cached=self.condition_cache.last_hit,
                   plan=model._plan.as_dict())
 
+    def retarget(self, req: dict[str, Any]) -> None:
+        """The `retarget` and `fit` commands: flametalk.retarget on files (numpy + scipy; no torch, no model)."""
+        import numpy as np
+
+        from ..flame import characterfile
+        from ..flame.motionfile import read_motion
+        from ..flame.reader import load_flame
+        from ..retarget import Character, Fit, SolveOptions, fit, retarget
+
+        rid, cmd = req.get("id"), req["cmd"]
+        total = 2 if cmd == "fit" else 4
+        t0 = clock = time.perf_counter()
+        seconds: dict[str, float] = {}
+
+        def stage(done: int, name: str) -> None:
+            nonlocal clock
+            if rid in self.cancelled or self.stdin_closed.is_set():
+                raise Cancelled()
+            now = time.perf_counter()
+            if done:
+                seconds[name] = round(now - clock, 3)
+            clock = now
+            self.send(event="progress", id=rid, done=done, total=total, stage=name)
+
+        stage(0, "load")
+        try:  # every reader's own error is one line about the user's file
+            flame = load_flame(req["flame"], version=req.get("flame_version"), use_torch=False)
+            character = Character.load(req["character"])
+            motion = None if cmd == "fit" else read_motion(req["motion"]).motion
+            fitted = Fit.load(req["fit"]) if req.get("fit") else None
+        except (ValueError, OSError) as err:  # FlameFileError, MotionFileError, CharacterFileError
+            raise FlameTalkError(" ".join(str(err).split())) from None
+        init = np.asarray(req["init"], dtype=np.float64) if req.get("init") is not None else None
+        stage(1, "load")
+        if fitted is None:
+            fitted = fit(flame, character, init=init)
+            if req.get("fit_out"):
+                fitted.save(req["fit_out"])
+        stage(2, "fit")
+        if req.get("fit"):
+            seconds["fit"] = 0.0  # a stored fit: no fitting
+        fit_info = {"rms_mm": round(fitted.rms_mm, 4), "max_mm": round(fitted.max_mm, 4),
+                    "vertices_used": int(fitted.n_used), "scale": fitted.scale, "mm_per_unit": fitted.mm_per_unit}
+        if cmd == "fit":
+            seconds["total"] = round(time.perf_counter() - t0, 3)
+            self.send(event="result", id=rid, fit_out=req["fit_out"], fit=fit_info, seconds=seconds)
+            return
+        options = SolveOptions(**req.get("options", {}))
+        with _one_blas_thread():
+            result = retarget(flame, character, motion, keys=req.get("keys", "all"), jaw_bone=req["jaw_bone"],
+                              fitted=fitted, options=options, jaw_intensity=req.get("jaw_intensity", 1.0))
+        stage(3, "solve")
+        seconds["transfer"] = round(result.seconds["transfer"], 3)
+        seconds["solve"] = round(result.seconds["solve"], 3)
+        residual = float(np.sqrt(np.mean(np.square(result.residual_mm, dtype=np.float64))))
+        report = {"fit": {k: fit_info[k] for k in ("rms_mm", "max_mm", "vertices_used")},
+                  "frames": len(motion), "shape_keys": result.names, "residual_rms_mm": round(residual, 4),
+                  "jaw_bone": bool(req["jaw_bone"]), "mm_per_unit": fitted.mm_per_unit}
+        write_clock = time.perf_counter()
+        characterfile.write_result(req["out"], result.weights, result.names, result.head_rotation,
+                                   result.jaw_rotation, result.residual_mm, {**report, "seconds": seconds})
+        seconds["write"] = round(time.perf_counter() - write_clock, 3)
+        seconds["total"] = round(time.perf_counter() - t0, 3)
+        self.send(event="result", id=rid, out=str(req["out"]), frames=len(motion),
+                  shape_keys=len(result.names), fit=fit_info, fit_out=req.get("fit_out") if req.get("fit") is None
+                  else None, residual_rms_mm=round(residual, 4), seconds=seconds)
+
     def use_threads(self) -> int:
         """Job loop: run on the start-up threads minus the client's spare cores (torch changes only if needed)."""
         import torch
@@ -446,6 +588,21 @@ class _Progressive:
                 "partial": True})
             kept = int(motion.shape[0])
         return kept
+class _one_blas_thread:
+    """BLAS (and torch's intra-op pool) on one thread while the solve runs: its work is many small systems, where
+    threads cost more than they give. threadpoolctl when it is installed; otherwise nothing changes."""
+
+    def __enter__(self) -> None:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            self.limits = None
+            return
+        self.limits = threadpool_limits(limits=1, user_api="blas")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.limits is not None:
+            self.limits.restore_original_limits()
 
 
 def available_devices() -> list[str]:

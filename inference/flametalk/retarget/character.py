@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import FlameTalkError
+from ..flame import characterfile
 
-MAX_KEYS = 1_000  # far more than any facial rig; guards against a file declaring absurd sizes
+MAX_KEYS = characterfile.MAX_KEYS
 
 
 @dataclass
@@ -104,35 +104,18 @@ class Character:
         self.ranges, self.face_weights, self.jaw_pivot, self.jaw_axes = ranges, weights, pivot, axes
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an .npz (plain arrays, no pickles)."""
-        extra = {}
-        if self.face_weights is not None:
-            extra["face_weights"] = self.face_weights
-        if self.jaw_pivot is not None:
-            extra["jaw_pivot"] = self.jaw_pivot
-        if self.jaw_axes is not None:
-            extra["jaw_axes"] = self.jaw_axes
-        np.savez(path, rest=self.rest, triangles=self.triangles, names=np.array(self.names, dtype=str),
-                 deltas=self.deltas, ranges=self.ranges, name=np.array(self.name), **extra)
+        """Write the character file (flame/characterfile.py: plain arrays, no pickles, atomic)."""
+        characterfile.write_character(path, self.rest, self.triangles, self.names, self.deltas, self.ranges,
+                                      self.face_weights, self.jaw_pivot, self.jaw_axes, self.name)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Character:
-        """Read what `save` wrote; raises FlameTalkError (one line) on a missing, damaged or wrong file."""
-        label = Path(path).name
+        """Read what `save` (or the add-on) wrote; raises FlameTalkError (one line) on a missing, damaged or wrong
+        file."""
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except FileNotFoundError:
-            raise FlameTalkError(f"character file not found: {path}") from None
-        except (OSError, ValueError, EOFError) as err:
-            raise FlameTalkError(f"{label} is not a character file ({str(err).splitlines()[0][:120]})") from None
-        missing = [k for k in ("rest", "triangles", "names", "deltas") if k not in data]
-        if missing:
-            raise FlameTalkError(f"{label} is not a character file: '{missing[0]}' is missing")
-        return cls(rest=data["rest"], triangles=data["triangles"], names=[str(x) for x in data["names"]],
-                   deltas=data["deltas"], ranges=data.get("ranges"), face_weights=data.get("face_weights"),
-                   jaw_pivot=data.get("jaw_pivot"), jaw_axes=data.get("jaw_axes"),
-                   name=str(data["name"]) if "name" in data else label)
+            return cls(**characterfile.read_character(path))
+        except characterfile.CharacterFileError as err:
+            raise FlameTalkError(str(err)) from None
 
 
 def _finite(arr: np.ndarray, what: str) -> None:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import FlameTalkError
+from ..flame import characterfile
 from ..flame.lbs import FLAME_TO_BLENDER
 from ..flame.reader import FlameModel
 from .character import Character, vertex_normals
@@ -66,30 +66,16 @@ class Fit:
         return similarity_matrix(self.scale, self.rotation, self.translation)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        np.savez(path, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
+        """Write the fit file (flame/characterfile.py: FIT_FIELDS, atomic)."""
+        characterfile.write_fit(path, {f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Fit:
-        label = Path(path).name
+        """Read a fit file; raises FlameTalkError (one line) on a missing, damaged or wrong file."""
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except FileNotFoundError:
-            raise FlameTalkError(f"fit file not found: {path}") from None
-        except (OSError, ValueError, EOFError) as err:
-            raise FlameTalkError(f"{label} is not a fit file ({str(err).splitlines()[0][:120]})") from None
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in data]
-        if missing:
-            raise FlameTalkError(f"{label} is not a fit file: '{missing[0]}' is missing")
-        n = data["tri"].shape[0] if data["tri"].ndim == 1 else -1
-        if n < 0 or data["bary"].shape != (n, 3) or data["offset"].shape != (n,) or data["rotation"].shape != (3, 3):
-            raise FlameTalkError(f"{label} is damaged: inconsistent array sizes")
-        if not all(np.all(np.isfinite(data[k])) for k in names if data[k].dtype.kind == "f"):
-            raise FlameTalkError(f"{label} is damaged: it contains NaN or infinity")
-        scalars = {"scale", "mm_per_unit", "rms_mm", "max_mm"}
-        kw = {k: (float(data[k]) if k in scalars else int(data[k]) if k == "n_used" else data[k]) for k in names}
-        return cls(**kw)
+            return cls(**characterfile.read_fit(path))
+        except characterfile.CharacterFileError as err:
+            raise FlameTalkError(str(err)) from None
 
 
 def fit(flame: FlameModel, character: Character, face_weights: np.ndarray | None = None,

@@ -6,22 +6,10 @@ import re
 from collections.abc import Sequence
 
 from ..errors import FlameTalkError
+from ..flame.arkit import ARKIT_52, arkit_name, is_arkit
 
-ARKIT_52 = (
-    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
-    "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
-    "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight",
-    "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight",
-    "eyeWideLeft", "eyeWideRight",
-    "jawForward", "jawLeft", "jawOpen", "jawRight",
-    "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight", "mouthFunnel",
-    "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight", "mouthPucker",
-    "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft",
-    "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
-    "noseSneerLeft", "noseSneerRight",
-    "tongueOut",
-)
-_ARKIT_LOWER = {n.lower() for n in ARKIT_52}
+__all__ = ["ARKIT_52", "arkit_name", "is_arkit", "select_keys", "split_side", "symmetry_pairs"]
+
 # Shapes whose Left/Right is a direction of motion, not a side of the face: mirror images of each other but
 # antagonists, so a symmetry term (w_left = w_right) would be wrong for them.
 _DIRECTIONAL_BASES = {"jaw", "mouth", "eyelookin", "eyelookout"}
@@ -60,34 +48,6 @@ def symmetry_pairs(names: Sequence[str], directional: bool = False) -> list[tupl
             continue
         found.setdefault(base, {}).setdefault(side, i)
     return sorted((sides["L"], sides["R"]) for sides in found.values() if "L" in sides and "R" in sides)
-
-
-def is_arkit(name: str) -> bool:
-    """True for ARKit's names and the variants rigs use: case-insensitive, `_L`/`_R`, `.L`/`.R` for
-    `Left`/`Right` (ICT FaceKit: `mouthSmile_L`), and halves of ARKit's unsided shapes (`browInnerUp_L`)."""
-    low = name.lower()
-    if low in _ARKIT_LOWER:
-        return True
-    match = re.match(r"^(.+?)[_.](l|r|left|right)$", low)
-    if match:
-        base, side = match.group(1), match.group(2)
-        return base + ("left" if side[0] == "l" else "right") in _ARKIT_LOWER or base in _ARKIT_LOWER
-    return False
-
-
-def arkit_name(name: str) -> str | None:
-    """The canonical ARKit name a key stands for (`mouthSmile_L` -> `mouthSmileLeft`, `browInnerUp_L` ->
-    `browInnerUp`: one half of an unsided shape), or None. For writing ARKit-layout files (Live Link CSV)."""
-    canon = {n.lower(): n for n in ARKIT_52}
-    low = name.lower()
-    if low in canon:
-        return canon[low]
-    match = re.match(r"^(.+?)[_.](l|r|left|right)$", low)
-    if match:
-        base, side = match.group(1), match.group(2)
-        sided = base + ("left" if side[0] == "l" else "right")
-        return canon.get(sided, canon.get(base))
-    return None
 
 
 def select_keys(names: Sequence[str], keys: str | Sequence[str] = "all") -> list[int]:

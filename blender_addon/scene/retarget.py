@@ -1,0 +1,315 @@
+"""Key a retarget result (flame/characterfile.py's result file) as a take on a character.
+
+A character take is up to three new actions, tagged like FLAME takes (`flametalk_take` = the take name,
+`flametalk_role` = "character_shapes" / "character_bones" / "character_object") and kept with a fake user:
+- the shape keys' values (`key_blocks["NAME"].value`) on the mesh's Key, clipped to each key's slider range;
+- with a jaw and/or head bone: their `rotation_quaternion` on the armature (the rotation, given in the mesh
+  object's frame, expressed in the bone's rest axes; the bone's rotation mode becomes quaternion);
+- the head rotation on the object itself when no head bone is named and `head_to_object` (its rest rotation
+  composed with the motion's; rotation mode quaternion).
+Motion frame t (25 fps) lands on scene frame start + t * scene_fps / 25, linear keys (foreach_set, as
+keyframes.py), optionally simplified (core.controls.simplify_indices). All or nothing: on any error the new actions
+are removed and the previous active actions and rotation modes restored.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bpy
+import numpy as np
+
+from ..core.controls import simplify_indices
+from ..flame import axis_angle_to_quaternion, characterfile
+from ..flame.contract import MOTION_FPS
+from ..worker.client import WorkerError, get_client
+from . import character, compat, keyframes
+from .character import CharacterError, armature_of, bone_rest
+from .keyframes import ROLE_PROP, TAKE_PROP
+
+ROLES = ("character_shapes", "character_bones", "character_object")
+
+
+class RetargetError(Exception):
+    """One readable line; kind: "input" (the user's files or choices) or the worker's failure kind."""
+
+    def __init__(self, message: str, kind: str = "input"):
+        super().__init__(" ".join(str(message).split()))
+        self.kind = kind
+
+
+def _run_worker(python: str, cmd: str, fields: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    client = get_client(python)
+    try:
+        rid = client.submit(cmd, **fields)
+        return client.wait(rid, timeout=timeout)
+    except WorkerError as err:
+        raise RetargetError(str(err), err.kind) from None
+
+
+def fit_character(obj: bpy.types.Object, flame: str, python: str, face_group: str | None = None,
+                  init: np.ndarray | None = None, flame_version: str | None = None,
+                  timeout: float | None = None) -> dict[str, Any]:
+    """Fit FLAME to `obj` on the worker and store the fit on the mesh (the panel's Fit). `init`: 4x4 placing
+    Blender-axes FLAME (metres) in the mesh's object frame (a FLAME head placed by hand). Returns the worker's
+    fit numbers {"rms_mm", "max_mm", "vertices_used", ...}."""
+    with tempfile.TemporaryDirectory(prefix="flametalk_fit_") as tmp:
+        folder = Path(tmp)
+        char_path, fit_path = str(folder / "character.npz"), str(folder / "fit.npz")
+        character.write_character_file(obj, char_path, face_group=face_group)
+        fields: dict[str, Any] = {"flame": str(Path(flame).absolute()), "character": char_path, "fit_out": fit_path,
+                                  "flame_version": flame_version}
+        if init is not None:
+            fields["init"] = np.asarray(init, float).tolist()
+        event = _run_worker(python, "fit", fields, timeout)
+        character.store_fit(obj, characterfile.read_fit(fit_path))
+    return event["fit"]
+
+
+def solve(obj: bpy.types.Object, motion: np.ndarray, flame: str, python: str, keys: str | list[str] = "all",
+          face_group: str | None = None, jaw_bone: str | None = None, flame_version: str | None = None,
+          timeout: float | None = None, fit_cache: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The character's shape key weights for `motion` (T, 106) at 25 fps, solved on the worker:
+    (characterfile.read_result's dict, the worker's result event). Uses the fit stored on the mesh (else
+    `fit_cache`'s for the same file and object, else fits now and stores the fit on the mesh)."""
+    flame = str(Path(flame).absolute())
+    with tempfile.TemporaryDirectory(prefix="flametalk_retarget_") as tmp:
+        folder = Path(tmp)
+        char_path = str(folder / "character.npz")
+        character.write_character_file(obj, char_path, face_group=face_group, jaw_bone=jaw_bone)
+        motion_path = str(folder / "motion.npz")
+        np.savez(motion_path, motion=np.asarray(motion, np.float32), fps=np.float32(MOTION_FPS))
+        fit_in = str(folder / "fit.npz")
+        has_fit = character.write_stored_fit(obj, fit_in)
+        cache_key = (bpy.data.filepath, obj.name, len(obj.data.vertices), face_group, flame)
+        if not has_fit and fit_cache is not None and cache_key in fit_cache:
+            character.store_fit(obj, fit_cache[cache_key])
+            has_fit = character.write_stored_fit(obj, fit_in)
+        fields: dict[str, Any] = {
+            "flame": flame, "motion": motion_path, "character": char_path, "out": str(folder / "result.npz"),
+            "keys": keys, "jaw_bone": bool(jaw_bone),
+            "flame_version": flame_version}
+        if has_fit:
+            fields["fit"] = fit_in
+        else:
+            fields["fit_out"] = str(folder / "fit_new.npz")
+        event = _run_worker(python, "retarget", fields, timeout)
+        result = characterfile.read_result(fields["out"])
+        if not has_fit:
+            fit = characterfile.read_fit(fields["fit_out"])
+            if fit_cache is not None:
+                fit_cache[cache_key] = fit
+            character.store_fit(obj, fit)
+    return result, event
+
+
+@dataclass
+class CharacterTake:
+    name: str
+    shape_action: bpy.types.Action
+    bone_action: bpy.types.Action | None
+    object_action: bpy.types.Action | None
+    frames: np.ndarray
+    n_keys: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def frame_range(self) -> tuple[float, float]:
+        return float(self.frames[0]), float(self.frames[-1])
+
+
+def character_take_names() -> list[str]:
+    return sorted({str(a[TAKE_PROP]) for a in bpy.data.actions if a.get(ROLE_PROP) == "character_shapes"})
+
+
+def character_take_actions(name: str) -> dict[str, bpy.types.Action]:
+    """{role: action} of the character take `name`."""
+    return {str(a[ROLE_PROP]): a for a in bpy.data.actions if a.get(TAKE_PROP) == name and a.get(ROLE_PROP) in ROLES}
+
+
+def _local_rotations(rotations: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """Axis-angle vectors (T, 3) in the mesh object's frame -> in the bone's rest axes (orthonormalised)."""
+    u, _, vt = np.linalg.svd(rest[:3, :3])
+    return np.asarray(rotations, np.float64) @ (u @ vt)  # axes^T v, row-wise
+
+
+def _quats(rotations: np.ndarray) -> np.ndarray:
+    return keyframes.continuous_quaternions(rotations)
+
+
+def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    w1, x1, y1, z1 = np.moveaxis(np.broadcast_to(a, np.broadcast_shapes(a.shape, b.shape)), -1, 0)
+    w2, x2, y2, z2 = np.moveaxis(np.broadcast_to(b, np.broadcast_shapes(a.shape, b.shape)), -1, 0)
+    return np.stack([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                     w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], axis=-1)
+
+
+def check_bones(obj: bpy.types.Object, jaw_bone: str | None, head_bone: str | None) -> None:
+    """CharacterError unless the named bones exist on the character's armature."""
+    for bone in (jaw_bone, head_bone):
+        if bone:
+            bone_rest(obj, bone)
+
+
+def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str = "FlameTalk character take",
+                       scene: bpy.types.Scene | None = None, start_frame: float | None = None,
+                       jaw_bone: str | None = None, head_bone: str | None = None, head_to_object: bool = True,
+                       simplify: tuple[float, float] | None = None, push_to_nla: bool = False) -> CharacterTake:
+    """Key `result` (characterfile.read_result's dict) on `obj` (see the module docstring)."""
+    scene = scene or bpy.context.scene
+    key = obj.data.shape_keys
+    weights = np.asarray(result["weights"], np.float64)
+    names = list(result["names"])
+    missing = [n for n in names if n not in key.key_blocks]
+    if missing:
+        raise CharacterError(f"mesh '{obj.name}' has no shape key '{missing[0]}': the result belongs to another "
+                             "character")
+    check_bones(obj, jaw_bone, head_bone)
+    start = float(scene.frame_start if start_frame is None else start_frame)
+    keyframes.check_scene_length(len(weights), MOTION_FPS, scene, start, "the take")
+    frames = keyframes.motion_frames(len(weights), MOTION_FPS, keyframes.scene_fps(scene), start)
+    arm = armature_of(obj) if (jaw_bone or head_bone) else None
+    owners: list[bpy.types.ID] = [key] + ([arm] if arm is not None else []) + ([obj] if head_to_object and not
+                                                                               head_bone else [])
+    previous = [(o, o.animation_data.action if o.animation_data else None) for o in owners]
+    saved_modes: list[tuple[Any, str]] = []
+    made: list[bpy.types.Action] = []
+    n_keys = 0
+    warnings: list[str] = []
+
+    def new_action(label: str, role: str) -> bpy.types.Action:
+        action = bpy.data.actions.new(label)
+        action.use_fake_user = True
+        action[ROLE_PROP] = role
+        made.append(action)
+        return action
+
+    def kept(values: np.ndarray, tolerance: float) -> np.ndarray:
+        return np.arange(len(frames)) if simplify is None else simplify_indices(frames, values, tolerance)
+
+    def fill(curves: Any, path: str, index: int, group: str, keep: np.ndarray, values: np.ndarray) -> int:
+        fcurve = compat.new_fcurve(curves, path, index, group)
+        points = fcurve.keyframe_points
+        points.add(len(keep))
+        co = np.empty(2 * len(keep), dtype=np.float32)
+        co[0::2], co[1::2] = frames[keep], values
+        points.foreach_set("co", co)
+        points.foreach_set("handle_left", co)
+        points.foreach_set("handle_right", co)
+        points.foreach_set("interpolation", np.full(len(keep), compat.KEY_INTERPOLATION["LINEAR"], dtype=np.int32))
+        fcurve.update()
+        return len(keep)
+
+    try:
+        shapes = new_action(name, "character_shapes")
+        name = shapes.name  # Blender appends .001 when taken
+        curves = compat.action_fcurves(shapes, key)
+        for k, key_name in enumerate(names):
+            block = key.key_blocks[key_name]
+            values = np.clip(weights[:, k], block.slider_min, block.slider_max)
+            keep = kept(values, simplify[0] if simplify else 0.0)
+            n_keys += fill(curves, f'key_blocks["{bpy.utils.escape_identifier(key_name)}"].value', 0, "Shape keys",
+                           keep, values[keep])
+        if arm is not None:
+            bones = new_action(f"{name} bones", "character_bones")
+            curves = compat.action_fcurves(bones, arm)
+            for bone, rotations in ((jaw_bone, result["jaw_rotation"]), (head_bone, result["head_rotation"])):
+                if not bone:
+                    continue
+                pose_bone = arm.pose.bones[bone]
+                if pose_bone.rotation_mode != "QUATERNION":
+                    saved_modes.append((pose_bone, pose_bone.rotation_mode))
+                    pose_bone.rotation_mode = "QUATERNION"
+                quats = _quats(_local_rotations(rotations, bone_rest(obj, bone)))
+                keep = kept(quats, simplify[1] if simplify else 0.0)
+                path = f'pose.bones["{bpy.utils.escape_identifier(bone)}"].rotation_quaternion'
+                for index in range(4):
+                    n_keys += fill(curves, path, index, bone, keep, quats[keep, index])
+            bones[TAKE_PROP] = name
+        if head_to_object and not head_bone:
+            head = np.asarray(result["head_rotation"], np.float64)
+            if np.any(head != 0):
+                moved = new_action(f"{name} object", "character_object")
+                if obj.rotation_mode != "QUATERNION":
+                    saved_modes.append((obj, obj.rotation_mode))
+                rest = np.array(obj.matrix_basis.to_quaternion(), dtype=np.float64)
+                obj.rotation_mode = "QUATERNION"
+                quats = _qmul(rest, axis_angle_to_quaternion(head))
+                signs = np.cumprod(np.where(np.sum(quats[1:] * quats[:-1], axis=1) < 0, -1.0, 1.0))
+                quats[1:] *= signs[:, None]
+                keep = kept(quats, simplify[1] if simplify else 0.0)
+                curves = compat.action_fcurves(moved, obj)
+                for index in range(4):
+                    n_keys += fill(curves, "rotation_quaternion", index, "Object Transforms", keep, quats[keep, index])
+                moved[TAKE_PROP] = name
+        shapes[TAKE_PROP] = name
+        if push_to_nla:
+            for action in made:
+                owner = {"character_shapes": key, "character_bones": arm, "character_object": obj}[action[ROLE_PROP]]
+                compat.push_to_nla(owner, action, int(np.floor(frames[0])), name)
+    except BaseException:
+        for action in made:
+            bpy.data.actions.remove(action)
+        for owner, action in previous:
+            if action is not None:
+                compat.assign_action(owner, action)
+            elif owner.animation_data is not None:
+                owner.animation_data.action = None
+        for thing, mode in saved_modes:
+            thing.rotation_mode = mode
+        raise
+    by_role = {a[ROLE_PROP]: a for a in made}
+    return CharacterTake(name, by_role["character_shapes"], by_role.get("character_bones"),
+                         by_role.get("character_object"), frames, n_keys, warnings)
+
+
+def assign_character_take(obj: bpy.types.Object, name: str) -> None:
+    """Make the character take `name` active (shapes on the Key, bones on the armature, rotation on the object)."""
+    actions = character_take_actions(name)
+    if "character_shapes" not in actions:
+        raise CharacterError(f"no character take named '{name}'")
+    compat.assign_action(obj.data.shape_keys, actions["character_shapes"])
+    arm = armature_of(obj)
+    if arm is not None and "character_bones" in actions:
+        compat.assign_action(arm, actions["character_bones"])
+    if "character_object" in actions:
+        compat.assign_action(obj, actions["character_object"])
+
+
+def export_character(obj: bpy.types.Object, take: CharacterTake, filepath: str) -> None:
+    """The character (and its armature) with the take as .glb/.gltf or .fbx at `filepath` (written in place: the
+    caller stages it). Selection and frame range are put back afterwards."""
+    scene = bpy.context.scene
+    layer = bpy.context.view_layer
+    arm = armature_of(obj)
+    selected = [o for o in layer.objects if o.select_get()]
+    active, saved_range = layer.objects.active, (scene.frame_start, scene.frame_end)
+    try:
+        for o in selected:
+            o.select_set(False)
+        for o in (obj, arm):
+            if o is not None:
+                o.select_set(True)
+        layer.objects.active = obj
+        first, last = take.frame_range
+        scene.frame_start, scene.frame_end = int(np.floor(first)), max(int(np.floor(first)), int(np.ceil(last - 1e-6)))
+        if filepath.lower().endswith((".glb", ".gltf")):
+            bpy.ops.export_scene.gltf(
+                filepath=filepath, export_format="GLTF_SEPARATE" if filepath.lower().endswith(".gltf") else "GLB",
+                use_selection=True, export_animations=True, export_animation_mode="ACTIVE_ACTIONS",
+                export_morph=True, export_morph_animation=True, export_morph_normal=False,
+                export_try_sparse_sk=False, export_skins=True, export_apply=False)
+        else:
+            bpy.ops.export_scene.fbx(
+                filepath=filepath, use_selection=True, object_types={"ARMATURE", "MESH"}, add_leaf_bones=False,
+                bake_anim=True, bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False,
+                bake_anim_force_startend_keying=True, bake_anim_step=1.0, bake_anim_simplify_factor=0.0,
+                apply_scale_options="FBX_SCALE_NONE")
+    finally:
+        for o in layer.objects:
+            o.select_set(o in selected)
+        layer.objects.active = active
+        scene.frame_start, scene.frame_end = saved_range
