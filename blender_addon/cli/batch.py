@@ -68,7 +68,7 @@ def _write(line: _Line, spare_cores: int) -> dict[str, object]:
         if spare_cores and line.job is not None:
             line.job.client.spare_cores(spare_cores if working else 0)
 
-    if line.args.character:  # the motion keyed onto the character (retarget.py); the fit is made once
+    if getattr(line.args, "character", None):  # the motion keyed onto the character (retarget.py); the fit is made once
         outputs = {"out": line.prep.out, "glb": line.prep.glb, "fbx": line.prep.fbx, "csv": line.args.csv,
                    "report": None}
         busy(False)
