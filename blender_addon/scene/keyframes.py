@@ -81,7 +81,7 @@ def continuous_quaternions(axis_angle: np.ndarray) -> np.ndarray:
     return quats
 
 
-def _fill(fcurves: object, data_path: str, index: int, group: str, frames: np.ndarray, values: np.ndarray) -> int:
+def fill_fcurve(fcurves: object, data_path: str, index: int, group: str, frames: np.ndarray, values: np.ndarray) -> int:
     """One F-curve with linear keys at `frames`; returns the number of keys."""
     fcurve = compat.new_fcurve(fcurves, data_path, index, group)
     points = fcurve.keyframe_points
@@ -161,17 +161,17 @@ def write_take(
                 quats = continuous_quaternions(rotations[bone])
                 keep = kept(quats, simplify[1] if simplify else 0.0)
                 for index in range(4):
-                    n_keys += _fill(bone_curves, path, index, bone, frames[keep], quats[keep, index])
+                    n_keys += fill_fcurve(bone_curves, path, index, bone, frames[keep], quats[keep, index])
             else:  # ARTalk keeps neck and eyes still: one rest key makes the take self-contained
                 for index, value in enumerate((1.0, 0.0, 0.0, 0.0)):
-                    n_keys += _fill(bone_curves, path, index, bone, frames[:1], np.array([value]))
+                    n_keys += fill_fcurve(bone_curves, path, index, bone, frames[:1], np.array([value]))
 
         shape_curves = compat.action_fcurves(shape_action, rig.key)
         for e in range(n_expr):
             block = rig.key.key_blocks[EXPR_KEY.format(e)]
             block.slider_min, block.slider_max = -SLIDER_LIMIT, SLIDER_LIMIT  # a user may have narrowed them
             keep = kept(expr[:, e], simplify[0] if simplify else 0.0)
-            n_keys += _fill(shape_curves, f'key_blocks["{block.name}"].value', 0, "Expression", frames[keep],
+            n_keys += fill_fcurve(shape_curves, f'key_blocks["{block.name}"].value', 0, "Expression", frames[keep],
                             expr[keep, e])
     except BaseException:
         for action in (bone_action, shape_action):

@@ -191,17 +191,7 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
         return np.arange(len(frames)) if simplify is None else simplify_indices(frames, values, tolerance)
 
     def fill(curves: Any, path: str, index: int, group: str, keep: np.ndarray, values: np.ndarray) -> int:
-        fcurve = compat.new_fcurve(curves, path, index, group)
-        points = fcurve.keyframe_points
-        points.add(len(keep))
-        co = np.empty(2 * len(keep), dtype=np.float32)
-        co[0::2], co[1::2] = frames[keep], values
-        points.foreach_set("co", co)
-        points.foreach_set("handle_left", co)
-        points.foreach_set("handle_right", co)
-        points.foreach_set("interpolation", np.full(len(keep), compat.KEY_INTERPOLATION["LINEAR"], dtype=np.int32))
-        fcurve.update()
-        return len(keep)
+        return keyframes.fill_fcurve(curves, path, index, group, frames[keep], values)
 
     try:
         shapes = new_action(name, "character_shapes")
