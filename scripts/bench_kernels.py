@@ -15,7 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from flametalk.fast.int8 import FbgemmInt8Linear, Int8Linear, onednn_int8_available
+from flametalk.fast.int8 import FbgemmInt8Linear, Int8Linear, onednn_int8_available, worst_case_error
 from flametalk.fast.packed import PackedLinear
 from flametalk.fast.plan import detect
 
@@ -33,18 +33,6 @@ def best_seconds(fn, *args, calls: int = 20, rounds: int = 5) -> float:
             fn(*args)
         best = min(best, (time.perf_counter() - t0) / calls)
     return best
-
-
-def saturation_error(reduce_range: bool) -> float:
-    """Worst case for 16-bit pair sums: 255 x (+-127) everywhere."""
-    layer = torch.nn.Linear(256, 8, bias=False).requires_grad_(False)
-    with torch.no_grad():
-        layer.weight.fill_(127.0)
-        layer.weight[1::2] *= -1
-    x = torch.full((4, 256), 255.0)
-    want = x.double() @ layer.weight.double().T
-    got = FbgemmInt8Linear(layer, reduce_range=reduce_range)(x)
-    return float((got.double() - want).abs().max() / want.abs().max())
 
 
 @torch.inference_mode()
@@ -75,8 +63,8 @@ def main() -> int:
             rates["onednn_int8"] = best_seconds(q8, x)
         print(f"{M:4d} x {K:4d} -> {N:4d}: " + "  ".join(f"{k} {giga / v:6.0f}" for k, v in rates.items()))
     if cpu.fbgemm:
-        print(f"fbgemm worst-case relative error: 8-bit activations {saturation_error(False):.3f}, "
-              f"7-bit {saturation_error(True):.3f}")
+        print(f"fbgemm worst-case relative error: 8-bit activations {worst_case_error(False):.3f}, "
+              f"7-bit {worst_case_error(True):.3f}")
     return 0
 
 

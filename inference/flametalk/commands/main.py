@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-postprocess", dest="postprocess", action="store_false",
                    help="keep the raw model output (no Savitzky-Golay smoothing, jaw roll/yaw not zeroed)")
     g.add_argument("--mode", choices=("exact", "fast"), default="exact",
-                   help="exact (fp32, the release's numbers; default) or fast (bf16 on CPU, fp16 on GPUs)")
+                   help="exact (fp32, the release's numbers; default) or fast (int8 / bf16 where this CPU runs them, "
+                        "fp16 on GPUs: `flametalk devices` shows the plan)")
     g.add_argument("--cache", metavar="DIR", help="asset cache folder (default: FLAMETALK_CACHE or the user cache)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)  # fmt: skip
@@ -290,29 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(func=_cmd_devices)
 
-    from . import bench
+    from . import bench, drift, live, serve  # each module: add_arguments(parser) and command(args)
 
-    b = sub.add_parser("bench", parents=[common], help="time generation, print one JSON line")
-    bench.add_arguments(b)
-    b.set_defaults(func=bench.command)
-
-    from . import drift
-
-    d = sub.add_parser("drift", parents=[common], help="fast-mode drift from exact mode, as JSON")
-    drift.add_arguments(d)
-    d.set_defaults(func=drift.command)
-
-    from . import serve
-
-    s = sub.add_parser("serve", parents=[common], help="streaming generation over a WebSocket (PCM in, motion out)")
-    serve.add_arguments(s)
-    s.set_defaults(func=serve.command)
-
-    from . import live
-
-    li = sub.add_parser("live", parents=[common], help="motion from a microphone (or a WAV file) as you speak")
-    live.add_arguments(li)
-    li.set_defaults(func=live.command)
+    for name, module, text in (
+        ("bench", bench, "time generation, print one JSON line"),
+        ("drift", drift, "fast-mode drift from exact mode, as JSON"),
+        ("serve", serve, "streaming generation over a WebSocket (PCM in, motion out)"),
+        ("live", live, "motion from a microphone (or a WAV file) as you speak"),
+    ):
+        cmd = sub.add_parser(name, parents=[common], help=text)
+        module.add_arguments(cmd)
+        cmd.set_defaults(func=module.command)
 
     from ..train import commands as train_commands  # argparse only: torch loads when a command runs
 

@@ -165,6 +165,20 @@ class FbgemmInt8Linear(nn.Module):
                f"{grain} activations)"
 
 
+def worst_case_error(reduce_range: bool) -> float:
+    """fbgemm's relative error on the input that stresses 16-bit pair sums most: activations at the top of the u8
+    range (255) against weights of +-127 everywhere. Without VNNI, 8-bit activations saturate here; 7-bit ones
+    (`reduce_range`) must come out exact (tests and scripts/bench_kernels.py check both)."""
+    layer = nn.Linear(256, 8, bias=False).requires_grad_(False)
+    with torch.no_grad():
+        layer.weight.fill_(127.0)
+        layer.weight[1::2] *= -1
+    x = torch.full((4, 256), 255.0)
+    want = x.double() @ layer.weight.double().T
+    got = FbgemmInt8Linear(layer, reduce_range=reduce_range)(x)
+    return float((got.double() - want).abs().max() / want.abs().max())
+
+
 KINDS = ("onednn", "fbgemm")
 
 
