@@ -26,11 +26,11 @@ from ..core.controls import simplify_indices
 from ..flame import axis_angle_to_quaternion, characterfile
 from ..flame.contract import MOTION_FPS
 from ..worker.client import WorkerError, get_client
-from . import character, compat, keyframes
+from . import character, compat, export, keyframes, takes
 from .character import CharacterError, armature_of, bone_rest
 from .keyframes import ROLE_PROP, TAKE_PROP
 
-ROLES = ("character_shapes", "character_bones", "character_object")
+ROLES = takes.CHARACTER_ROLES
 
 
 class RetargetError(Exception):
@@ -121,13 +121,8 @@ class CharacterTake:
         return float(self.frames[0]), float(self.frames[-1])
 
 
-def character_take_names() -> list[str]:
-    return sorted({str(a[TAKE_PROP]) for a in bpy.data.actions if a.get(ROLE_PROP) == "character_shapes"})
-
-
-def character_take_actions(name: str) -> dict[str, bpy.types.Action]:
-    """{role: action} of the character take `name`."""
-    return {str(a[ROLE_PROP]): a for a in bpy.data.actions if a.get(TAKE_PROP) == name and a.get(ROLE_PROP) in ROLES}
+character_take_names = takes.character_take_names
+character_take_actions = takes.character_take_actions
 
 
 def _local_rotations(rotations: np.ndarray, rest: np.ndarray) -> np.ndarray:
@@ -184,6 +179,7 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
         action = bpy.data.actions.new(label)
         action.use_fake_user = True
         action[ROLE_PROP] = role
+        action[takes.CHARACTER_PROP] = obj.name
         made.append(action)
         return action
 
@@ -257,49 +253,24 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
 
 
 def assign_character_take(obj: bpy.types.Object, name: str) -> None:
-    """Make the character take `name` active (shapes on the Key, bones on the armature, rotation on the object)."""
+    """Make the character take `name` active (shapes on the Key, bones on the armature, rotation on the object).
+    Another character take's bones or rotation left active are cleared when this take has none."""
     actions = character_take_actions(name)
     if "character_shapes" not in actions:
         raise CharacterError(f"no character take named '{name}'")
     compat.assign_action(obj.data.shape_keys, actions["character_shapes"])
     arm = armature_of(obj)
-    if arm is not None and "character_bones" in actions:
-        compat.assign_action(arm, actions["character_bones"])
-    if "character_object" in actions:
-        compat.assign_action(obj, actions["character_object"])
+    for owner, role in ((arm, "character_bones"), (obj, "character_object")):
+        if owner is None:
+            continue
+        if role in actions:
+            compat.assign_action(owner, actions[role])
+        elif owner.animation_data is not None and owner.animation_data.action is not None \
+                and owner.animation_data.action.get(ROLE_PROP) == role:
+            owner.animation_data.action = None
 
 
 def export_character(obj: bpy.types.Object, take: CharacterTake, filepath: str) -> None:
     """The character (and its armature) with the take as .glb/.gltf or .fbx at `filepath` (written in place: the
-    caller stages it). Selection and frame range are put back afterwards."""
-    scene = bpy.context.scene
-    layer = bpy.context.view_layer
-    arm = armature_of(obj)
-    selected = [o for o in layer.objects if o.select_get()]
-    active, saved_range = layer.objects.active, (scene.frame_start, scene.frame_end)
-    try:
-        for o in selected:
-            o.select_set(False)
-        for o in (obj, arm):
-            if o is not None:
-                o.select_set(True)
-        layer.objects.active = obj
-        first, last = take.frame_range
-        scene.frame_start, scene.frame_end = int(np.floor(first)), max(int(np.floor(first)), int(np.ceil(last - 1e-6)))
-        if filepath.lower().endswith((".glb", ".gltf")):
-            bpy.ops.export_scene.gltf(
-                filepath=filepath, export_format="GLTF_SEPARATE" if filepath.lower().endswith(".gltf") else "GLB",
-                use_selection=True, export_animations=True, export_animation_mode="ACTIVE_ACTIONS",
-                export_morph=True, export_morph_animation=True, export_morph_normal=False,
-                export_try_sparse_sk=False, export_skins=True, export_apply=False)
-        else:
-            bpy.ops.export_scene.fbx(
-                filepath=filepath, use_selection=True, object_types={"ARMATURE", "MESH"}, add_leaf_bones=False,
-                bake_anim=True, bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False,
-                bake_anim_force_startend_keying=True, bake_anim_step=1.0, bake_anim_simplify_factor=0.0,
-                apply_scale_options="FBX_SCALE_NONE")
-    finally:
-        for o in layer.objects:
-            o.select_set(o in selected)
-        layer.objects.active = active
-        scene.frame_start, scene.frame_end = saved_range
+    caller stages it); scene/export.py's character export, which puts everything back afterwards."""
+    export.export_character(obj, filepath, take.name, atomic=False)
