@@ -6,7 +6,8 @@ A character take is up to three new actions, tagged like FLAME takes (`flametalk
 - with a jaw and/or head bone: their `rotation_quaternion` on the armature (the rotation, given in the mesh
   object's frame, expressed in the bone's rest axes; the bone's rotation mode becomes quaternion);
 - the head rotation on the object itself when no head bone is named and `head_to_object` (its rest rotation
-  composed with the motion's; rotation mode quaternion).
+  composed with the motion's; rotation mode quaternion), turning about FLAME's root joint on the fitted head
+  (`result["head_pivot"]`, set by `solve`: the object's location is keyed with it) rather than the object's origin.
 Motion frame t (25 fps) lands on scene frame start + t * scene_fps / 25, linear keys (foreach_set, as
 keyframes.py), optionally simplified (core.controls.simplify_indices). All or nothing: on any error the new actions
 are removed and the previous active actions and rotation modes restored.
@@ -23,7 +24,7 @@ import bpy
 import numpy as np
 
 from ..core.controls import simplify_indices
-from ..flame import axis_angle_to_quaternion, characterfile
+from ..flame import axis_angle_to_quaternion, characterfile, load_flame, rodrigues
 from ..flame.contract import MOTION_FPS
 from ..worker.client import WorkerError, get_client
 from . import character, compat, export, keyframes, takes
@@ -103,6 +104,8 @@ def solve(obj: bpy.types.Object, motion: np.ndarray, flame: str, python: str, ke
             if fit_cache is not None:
                 fit_cache[cache_key] = fit
             character.store_fit(obj, fit)
+    if np.any(np.asarray(result["head_rotation"]) != 0):
+        result["head_pivot"] = head_pivot(obj, flame)
     return result, event
 
 
@@ -140,6 +143,30 @@ def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     w2, x2, y2, z2 = np.moveaxis(np.broadcast_to(b, np.broadcast_shapes(a.shape, b.shape)), -1, 0)
     return np.stack([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
                      w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], axis=-1)
+
+
+def pivot_offsets(pivot: np.ndarray, rotations: np.ndarray, scale: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """(T, 3) what to add to the object's location so that rotating it by `rotations` (T, 3 axis-angle, in the
+    mesh's own frame, composed after its rest rotation `rest` (3, 3)) turns the mesh about `pivot` (mesh
+    coordinates) instead of its origin: R0 S (c - R_t c). Exact for a uniform object scale `scale` (3,)."""
+    turned = np.einsum("tab,b->ta", rodrigues(np.asarray(rotations, np.float64)), pivot)
+    return ((pivot - turned) * scale) @ rest.T
+
+
+def head_pivot(obj: bpy.types.Object, flame: str) -> np.ndarray | None:
+    """FLAME's root joint (where its head rotation turns) on the fitted head, in `obj`'s mesh coordinates, or None
+    when the mesh has no fit. The joint regressor's rows sum to 1, so regressing the fitted vertices gives it."""
+    fit = character.stored_fit(obj)
+    if fit is None:
+        return None
+    try:
+        model = load_flame(flame, use_torch=False)
+    except ValueError:  # FlameFileError: the worker read it already; without it the head turns about the origin
+        return None
+    verts = np.asarray(fit["flame_vertices"], np.float64)
+    if model.j_regressor.shape[1] != len(verts):
+        return None
+    return np.asarray(model.j_regressor[0] @ verts, np.float64).ravel()
 
 
 def check_bones(obj: bpy.types.Object, jaw_bone: str | None, head_bone: str | None) -> None:
@@ -230,6 +257,14 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
                 curves = compat.action_fcurves(moved, obj)
                 for index in range(4):
                     n_keys += fill(curves, "rotation_quaternion", index, "Object Transforms", keep, quats[keep, index])
+                pivot = result.get("head_pivot")
+                if pivot is not None:  # turn about FLAME's root joint (the neck), not the object's origin
+                    loc0, _, scale = obj.matrix_basis.decompose()
+                    offsets = pivot_offsets(np.asarray(pivot, np.float64), head, np.array(scale, np.float64),
+                                            np.array(obj.matrix_basis.to_3x3().normalized(), np.float64))
+                    places = np.array(loc0, np.float64) + offsets
+                    for index in range(3):
+                        n_keys += fill(curves, "location", index, "Object Transforms", keep, places[keep, index])
                 moved[TAKE_PROP] = name
         shapes[TAKE_PROP] = name
         if push_to_nla:
