@@ -120,6 +120,33 @@ class FLAMETALK_OT_character_fit(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class FLAMETALK_OT_character_place_head(bpy.types.Operator):
+    """Move the panel's FLAME head over the character (where the fit puts it, else a rough guess) to adjust by
+    hand; Fit then starts from where it is left ("Start From FLAME Head" is switched on)"""
+
+    bl_idname = "flametalk.character_place_head"
+    bl_label = "Place FLAME Head"
+    bl_options: ClassVar[set[str]] = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = _settings(context)
+        try:
+            obj = settings.target
+            if obj is None:
+                raise character.CharacterError("choose the character mesh in the Character section")
+            character.check_character(obj)
+            rig = find_rig(context.scene.flametalk.head)
+            if rig is None:
+                raise character.CharacterError("no FLAME head to place: build or pick one in the panel above")
+            how = character.place_flame_head(obj, rig.mesh, rig.armature)
+        except character.CharacterError as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        settings.use_placement = True
+        self.report({"INFO"}, f"Placed {rig.mesh.name} over {obj.name} ({how}): adjust it by hand, then Fit")
+        return {"FINISHED"}
+
+
 class FLAMETALK_OT_character_show_fit(bpy.types.Operator):
     """Show the fitted FLAME head over the character (a wireframe child object, not rendered)"""
 
@@ -228,6 +255,7 @@ def unregister_properties() -> None:
         del bpy.types.Scene.flametalk_character
 
 
-CLASSES: tuple[type, ...] = (FLAMETALK_PG_character, FLAMETALK_OT_character_fit, FLAMETALK_OT_character_show_fit,
+CLASSES: tuple[type, ...] = (FLAMETALK_PG_character, FLAMETALK_OT_character_fit, FLAMETALK_OT_character_place_head,
+                             FLAMETALK_OT_character_show_fit,
                              FLAMETALK_OT_character_use_take, FLAMETALK_OT_character_retarget,
                              FLAMETALK_OT_character_generate)

@@ -152,7 +152,9 @@ class FLAMETALK_PT_character(_FlameTalkPanel, bpy.types.Panel):
         col.prop(settings, "head_target")
         if settings.head_target == "BONE":
             col.prop(settings, "head_bone")
-        col.prop(settings, "use_placement")
+        row = col.row(align=True)
+        row.prop(settings, "use_placement")
+        row.operator("flametalk.character_place_head", text="Place", icon="OBJECT_ORIGIN")
         summary = character.fit_summary(obj) if obj is not None else None
         row = layout.row(align=True)
         row.operator("flametalk.character_fit", icon="MOD_SHRINKWRAP")
