@@ -153,6 +153,27 @@ def pivot_offsets(pivot: np.ndarray, rotations: np.ndarray, scale: np.ndarray, r
     return ((pivot - turned) * scale) @ rest.T
 
 
+REST_PROP = "flametalk_rest"  # on a character_object action: the object's 4x4 local matrix before the take
+
+
+def object_rest(obj: bpy.types.Object) -> np.ndarray:
+    """The object's local matrix without any character take's head motion: the rest recorded on a character take
+    driving it (active or in the NLA), else its current matrix_basis (4, 4)."""
+    adt = obj.animation_data
+    actions = [] if adt is None else [adt.action] + [s.action for t in adt.nla_tracks for s in t.strips]
+    for action in actions:
+        if action is not None and action.get(ROLE_PROP) == "character_object" and REST_PROP in action:
+            return np.array(list(action[REST_PROP]), np.float64).reshape(4, 4)
+    return np.array(obj.matrix_basis, np.float64)
+
+
+def quaternion_of(rot: np.ndarray) -> np.ndarray:
+    """(w, x, y, z) of a 3x3 rotation matrix."""
+    import mathutils
+
+    return np.array(mathutils.Matrix([list(map(float, r)) for r in rot]).to_quaternion(), np.float64)
+
+
 def head_pivot(obj: bpy.types.Object, flame: str) -> np.ndarray | None:
     """FLAME's root joint (where its head rotation turns) on the fitted head, in `obj`'s mesh coordinates, or None
     when the mesh has no fit. The joint regressor's rows sum to 1, so regressing the fitted vertices gives it."""
@@ -248,7 +269,9 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
                 moved = new_action(f"{name} object", "character_object")
                 if obj.rotation_mode != "QUATERNION":
                     saved_modes.append((obj, obj.rotation_mode))
-                rest = np.array(obj.matrix_basis.to_quaternion(), dtype=np.float64)
+                basis = object_rest(obj)
+                moved[REST_PROP] = [float(v) for v in basis.ravel()]
+                rest = quaternion_of(basis[:3, :3] / np.linalg.norm(basis[:3, :3], axis=0))
                 obj.rotation_mode = "QUATERNION"
                 quats = _qmul(rest, axis_angle_to_quaternion(head))
                 signs = np.cumprod(np.where(np.sum(quats[1:] * quats[:-1], axis=1) < 0, -1.0, 1.0))
@@ -259,10 +282,9 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
                     n_keys += fill(curves, "rotation_quaternion", index, "Object Transforms", keep, quats[keep, index])
                 pivot = result.get("head_pivot")
                 if pivot is not None:  # turn about FLAME's root joint (the neck), not the object's origin
-                    loc0, _, scale = obj.matrix_basis.decompose()
-                    offsets = pivot_offsets(np.asarray(pivot, np.float64), head, np.array(scale, np.float64),
-                                            np.array(obj.matrix_basis.to_3x3().normalized(), np.float64))
-                    places = np.array(loc0, np.float64) + offsets
+                    scale = np.linalg.norm(basis[:3, :3], axis=0)
+                    offsets = pivot_offsets(np.asarray(pivot, np.float64), head, scale, basis[:3, :3] / scale)
+                    places = basis[:3, 3] + offsets
                     for index in range(3):
                         n_keys += fill(curves, "location", index, "Object Transforms", keep, places[keep, index])
                 moved[TAKE_PROP] = name

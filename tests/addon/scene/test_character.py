@@ -178,14 +178,16 @@ def test_head_turns_about_the_fitted_neck_joint(tmp_path) -> None:
     result["head_rotation"][:] = np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.2, 0.1, 0.0], [0.1, 0.2, -0.1],
                                            [0.0, 0.3, 0.2], [-0.2, 0.0, 0.1]], np.float32)
     result["head_pivot"] = pivot
-    retarget.key_character_take(obj, result, "turn", scene, start_frame=1)
     verts = np.array([v.co for v in obj.data.vertices], np.float64)[::500]
-    for t in range(6):
-        scene.frame_set(1 + t)
-        world = np.array(obj.matrix_world, np.float64)
-        turned = pivot + (verts - pivot) @ rodrigues(result["head_rotation"][t].astype(np.float64)).T
-        want = turned @ rest[:3, :3].T + rest[:3, 3]
-        got = verts @ world[:3, :3].T + world[:3, 3]
-        np.testing.assert_allclose(got, want, atol=1e-5)
+    for take in ("turn", "again"):  # a second take keyed while the first one is turning the object: same rest
+        scene.frame_set(4)
+        retarget.key_character_take(obj, result, take, scene, start_frame=1)
+        for t in range(6):
+            scene.frame_set(1 + t)
+            world = np.array(obj.matrix_world, np.float64)
+            turned = pivot + (verts - pivot) @ rodrigues(result["head_rotation"][t].astype(np.float64)).T
+            want = turned @ rest[:3, :3].T + rest[:3, 3]
+            got = verts @ world[:3, :3].T + world[:3, 3]
+            np.testing.assert_allclose(got, want, atol=1e-5)
     still = world[:3, :3] @ pivot + world[:3, 3]
     np.testing.assert_allclose(still, rest[:3, :3] @ pivot + rest[:3, 3], atol=1e-5)
