@@ -247,3 +247,44 @@ def show_fitted_head(obj: bpy.types.Object, faces: np.ndarray) -> bpy.types.Obje
     head.display_type = "WIRE"
     head.hide_render = True
     return head
+
+
+def fit_matrix(fit: dict[str, Any]) -> np.ndarray:
+    """4x4 of a stored fit: Blender-axes FLAME (metres) -> the mesh's object frame (scale * rotation, translation);
+    what a hand-placed FLAME head's placement means to the fit."""
+    out = np.eye(4)
+    out[:3, :3] = float(np.asarray(fit["scale"])) * np.asarray(fit["rotation"], np.float64)
+    out[:3, 3] = np.asarray(fit["translation"], np.float64)
+    return out
+
+
+def place_flame_head(obj: bpy.types.Object, head_mesh: bpy.types.Object, head_root: bpy.types.Object) -> str:
+    """Move the FLAME head (`head_root`: its armature, carrying `head_mesh`) over the character `obj`, as a start
+    for placing it by hand before Fit: where the stored fit puts it, else a rough guess from the two meshes'
+    bounding boxes in the character's frame (no rotation: both +Z up facing -Y; uniform scale from the widths;
+    centred left-right and front-back; tops aligned). Returns "fit" or "bounding box"."""
+    fit = stored_fit(obj)
+    if fit is not None:
+        placement, how = fit_matrix(fit), "fit"
+    else:
+        char = _coords(obj.data.vertices, len(obj.data.vertices))
+        flame = _coords(head_mesh.data.vertices, len(head_mesh.data.vertices))
+        lo_c, hi_c, lo_f, hi_f = char.min(0), char.max(0), flame.min(0), flame.max(0)
+        if hi_f[0] - lo_f[0] <= 0 or hi_c[0] - lo_c[0] <= 0:
+            raise CharacterError(f"'{obj.name}' or the FLAME head has no extent: cannot place the head")
+        scale = (hi_c[0] - lo_c[0]) / (hi_f[0] - lo_f[0])
+        placement = np.eye(4)
+        placement[:3, :3] *= scale
+        placement[:2, 3] = (lo_c[:2] + hi_c[:2]) / 2 - scale * (lo_f[:2] + hi_f[:2]) / 2
+        placement[2, 3] = hi_c[2] - scale * hi_f[2]
+        how = "bounding box"
+    target = np.array(obj.matrix_world, np.float64) @ placement  # where the FLAME mesh should be, world
+    local = np.eye(4) if head_root == head_mesh else np.array(head_mesh.matrix_local, np.float64)  # to its root
+    head_root.matrix_world = _matrix(target @ np.linalg.inv(local))
+    return how
+
+
+def _matrix(values: np.ndarray) -> Any:
+    import mathutils  # Blender's; imported on use like bpy's other modules
+
+    return mathutils.Matrix([list(map(float, row)) for row in values])

@@ -6,7 +6,8 @@ A character take is up to three new actions, tagged like FLAME takes (`flametalk
 - with a jaw and/or head bone: their `rotation_quaternion` on the armature (the rotation, given in the mesh
   object's frame, expressed in the bone's rest axes; the bone's rotation mode becomes quaternion);
 - the head rotation on the object itself when no head bone is named and `head_to_object` (its rest rotation
-  composed with the motion's; rotation mode quaternion).
+  composed with the motion's; rotation mode quaternion), turning about FLAME's root joint on the fitted head
+  (`result["head_pivot"]`, set by `solve`: the object's location is keyed with it) rather than the object's origin.
 Motion frame t (25 fps) lands on scene frame start + t * scene_fps / 25, linear keys (foreach_set, as
 keyframes.py), optionally simplified (core.controls.simplify_indices). All or nothing: on any error the new actions
 are removed and the previous active actions and rotation modes restored.
@@ -23,14 +24,14 @@ import bpy
 import numpy as np
 
 from ..core.controls import simplify_indices
-from ..flame import axis_angle_to_quaternion, characterfile
+from ..flame import axis_angle_to_quaternion, characterfile, load_flame, rodrigues
 from ..flame.contract import MOTION_FPS
 from ..worker.client import WorkerError, get_client
-from . import character, compat, keyframes
+from . import character, compat, export, keyframes, takes
 from .character import CharacterError, armature_of, bone_rest
 from .keyframes import ROLE_PROP, TAKE_PROP
 
-ROLES = ("character_shapes", "character_bones", "character_object")
+ROLES = takes.CHARACTER_ROLES
 
 
 class RetargetError(Exception):
@@ -103,6 +104,8 @@ def solve(obj: bpy.types.Object, motion: np.ndarray, flame: str, python: str, ke
             if fit_cache is not None:
                 fit_cache[cache_key] = fit
             character.store_fit(obj, fit)
+    if np.any(np.asarray(result["head_rotation"]) != 0):
+        result["head_pivot"] = head_pivot(obj, flame)
     return result, event
 
 
@@ -121,13 +124,8 @@ class CharacterTake:
         return float(self.frames[0]), float(self.frames[-1])
 
 
-def character_take_names() -> list[str]:
-    return sorted({str(a[TAKE_PROP]) for a in bpy.data.actions if a.get(ROLE_PROP) == "character_shapes"})
-
-
-def character_take_actions(name: str) -> dict[str, bpy.types.Action]:
-    """{role: action} of the character take `name`."""
-    return {str(a[ROLE_PROP]): a for a in bpy.data.actions if a.get(TAKE_PROP) == name and a.get(ROLE_PROP) in ROLES}
+character_take_names = takes.character_take_names
+character_take_actions = takes.character_take_actions
 
 
 def _local_rotations(rotations: np.ndarray, rest: np.ndarray) -> np.ndarray:
@@ -145,6 +143,51 @@ def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     w2, x2, y2, z2 = np.moveaxis(np.broadcast_to(b, np.broadcast_shapes(a.shape, b.shape)), -1, 0)
     return np.stack([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
                      w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], axis=-1)
+
+
+def pivot_offsets(pivot: np.ndarray, rotations: np.ndarray, scale: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """(T, 3) what to add to the object's location so that rotating it by `rotations` (T, 3 axis-angle, in the
+    mesh's own frame, composed after its rest rotation `rest` (3, 3)) turns the mesh about `pivot` (mesh
+    coordinates) instead of its origin: R0 S (c - R_t c). Exact for a uniform object scale `scale` (3,)."""
+    turned = np.einsum("tab,b->ta", rodrigues(np.asarray(rotations, np.float64)), pivot)
+    return ((pivot - turned) * scale) @ rest.T
+
+
+REST_PROP = "flametalk_rest"  # on a character_object action: the object's 4x4 local matrix before the take
+
+
+def object_rest(obj: bpy.types.Object) -> np.ndarray:
+    """The object's local matrix without any character take's head motion: the rest recorded on a character take
+    driving it (active or in the NLA), else its current matrix_basis (4, 4)."""
+    adt = obj.animation_data
+    actions = [] if adt is None else [adt.action] + [s.action for t in adt.nla_tracks for s in t.strips]
+    for action in actions:
+        if action is not None and action.get(ROLE_PROP) == "character_object" and REST_PROP in action:
+            return np.array(list(action[REST_PROP]), np.float64).reshape(4, 4)
+    return np.array(obj.matrix_basis, np.float64)
+
+
+def quaternion_of(rot: np.ndarray) -> np.ndarray:
+    """(w, x, y, z) of a 3x3 rotation matrix."""
+    import mathutils
+
+    return np.array(mathutils.Matrix([list(map(float, r)) for r in rot]).to_quaternion(), np.float64)
+
+
+def head_pivot(obj: bpy.types.Object, flame: str) -> np.ndarray | None:
+    """FLAME's root joint (where its head rotation turns) on the fitted head, in `obj`'s mesh coordinates, or None
+    when the mesh has no fit. The joint regressor's rows sum to 1, so regressing the fitted vertices gives it."""
+    fit = character.stored_fit(obj)
+    if fit is None:
+        return None
+    try:
+        model = load_flame(flame, use_torch=False)
+    except ValueError:  # FlameFileError: the worker read it already; without it the head turns about the origin
+        return None
+    verts = np.asarray(fit["flame_vertices"], np.float64)
+    if model.j_regressor.shape[1] != len(verts):
+        return None
+    return np.asarray(model.j_regressor[0] @ verts, np.float64).ravel()
 
 
 def check_bones(obj: bpy.types.Object, jaw_bone: str | None, head_bone: str | None) -> None:
@@ -184,6 +227,7 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
         action = bpy.data.actions.new(label)
         action.use_fake_user = True
         action[ROLE_PROP] = role
+        action[takes.CHARACTER_PROP] = obj.name
         made.append(action)
         return action
 
@@ -225,7 +269,9 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
                 moved = new_action(f"{name} object", "character_object")
                 if obj.rotation_mode != "QUATERNION":
                     saved_modes.append((obj, obj.rotation_mode))
-                rest = np.array(obj.matrix_basis.to_quaternion(), dtype=np.float64)
+                basis = object_rest(obj)
+                moved[REST_PROP] = [float(v) for v in basis.ravel()]
+                rest = quaternion_of(basis[:3, :3] / np.linalg.norm(basis[:3, :3], axis=0))
                 obj.rotation_mode = "QUATERNION"
                 quats = _qmul(rest, axis_angle_to_quaternion(head))
                 signs = np.cumprod(np.where(np.sum(quats[1:] * quats[:-1], axis=1) < 0, -1.0, 1.0))
@@ -234,6 +280,13 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
                 curves = compat.action_fcurves(moved, obj)
                 for index in range(4):
                     n_keys += fill(curves, "rotation_quaternion", index, "Object Transforms", keep, quats[keep, index])
+                pivot = result.get("head_pivot")
+                if pivot is not None:  # turn about FLAME's root joint (the neck), not the object's origin
+                    scale = np.linalg.norm(basis[:3, :3], axis=0)
+                    offsets = pivot_offsets(np.asarray(pivot, np.float64), head, scale, basis[:3, :3] / scale)
+                    places = basis[:3, 3] + offsets
+                    for index in range(3):
+                        n_keys += fill(curves, "location", index, "Object Transforms", keep, places[keep, index])
                 moved[TAKE_PROP] = name
         shapes[TAKE_PROP] = name
         if push_to_nla:
@@ -257,49 +310,24 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
 
 
 def assign_character_take(obj: bpy.types.Object, name: str) -> None:
-    """Make the character take `name` active (shapes on the Key, bones on the armature, rotation on the object)."""
+    """Make the character take `name` active (shapes on the Key, bones on the armature, rotation on the object).
+    Another character take's bones or rotation left active are cleared when this take has none."""
     actions = character_take_actions(name)
     if "character_shapes" not in actions:
         raise CharacterError(f"no character take named '{name}'")
     compat.assign_action(obj.data.shape_keys, actions["character_shapes"])
     arm = armature_of(obj)
-    if arm is not None and "character_bones" in actions:
-        compat.assign_action(arm, actions["character_bones"])
-    if "character_object" in actions:
-        compat.assign_action(obj, actions["character_object"])
+    for owner, role in ((arm, "character_bones"), (obj, "character_object")):
+        if owner is None:
+            continue
+        if role in actions:
+            compat.assign_action(owner, actions[role])
+        elif owner.animation_data is not None and owner.animation_data.action is not None \
+                and owner.animation_data.action.get(ROLE_PROP) == role:
+            owner.animation_data.action = None
 
 
 def export_character(obj: bpy.types.Object, take: CharacterTake, filepath: str) -> None:
     """The character (and its armature) with the take as .glb/.gltf or .fbx at `filepath` (written in place: the
-    caller stages it). Selection and frame range are put back afterwards."""
-    scene = bpy.context.scene
-    layer = bpy.context.view_layer
-    arm = armature_of(obj)
-    selected = [o for o in layer.objects if o.select_get()]
-    active, saved_range = layer.objects.active, (scene.frame_start, scene.frame_end)
-    try:
-        for o in selected:
-            o.select_set(False)
-        for o in (obj, arm):
-            if o is not None:
-                o.select_set(True)
-        layer.objects.active = obj
-        first, last = take.frame_range
-        scene.frame_start, scene.frame_end = int(np.floor(first)), max(int(np.floor(first)), int(np.ceil(last - 1e-6)))
-        if filepath.lower().endswith((".glb", ".gltf")):
-            bpy.ops.export_scene.gltf(
-                filepath=filepath, export_format="GLTF_SEPARATE" if filepath.lower().endswith(".gltf") else "GLB",
-                use_selection=True, export_animations=True, export_animation_mode="ACTIVE_ACTIONS",
-                export_morph=True, export_morph_animation=True, export_morph_normal=False,
-                export_try_sparse_sk=False, export_skins=True, export_apply=False)
-        else:
-            bpy.ops.export_scene.fbx(
-                filepath=filepath, use_selection=True, object_types={"ARMATURE", "MESH"}, add_leaf_bones=False,
-                bake_anim=True, bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False,
-                bake_anim_force_startend_keying=True, bake_anim_step=1.0, bake_anim_simplify_factor=0.0,
-                apply_scale_options="FBX_SCALE_NONE")
-    finally:
-        for o in layer.objects:
-            o.select_set(o in selected)
-        layer.objects.active = active
-        scene.frame_start, scene.frame_end = saved_range
+    caller stages it); scene/export.py's character export, which puts everything back afterwards."""
+    export.export_character(obj, filepath, take.name, atomic=False)

@@ -3,6 +3,10 @@
 A take is a pair of actions written by keyframes.write_take (bones on the armature object, expression values on
 the head's Key), tagged with the custom properties `flametalk_take` (the take name) and `flametalk_role`
 ("bones" / "shapes") and kept with a fake user. Takes are named `<audio stem>_take<N>`.
+
+A character take (scene/retarget.py) is the same kind of thing on a character mesh: roles "character_shapes"
+(its Key), "character_bones" (its armature, when bones are driven), "character_object" (the object's rotation),
+and `flametalk_character` = the mesh object's name. `all_takes` lists both kinds for the panel's one takes list.
 """
 
 from __future__ import annotations
@@ -52,6 +56,70 @@ def take_actions(name: str) -> tuple[bpy.types.Action | None, bpy.types.Action |
 
 def take_names() -> list[str]:
     return sorted({str(a[TAKE_PROP]) for a in bpy.data.actions if TAKE_PROP in a and a.get(ROLE_PROP) == "bones"})
+
+
+# ---- character takes (keyed by scene/retarget.py) ----
+CHARACTER_PROP = "flametalk_character"  # custom property on a character take's actions: the mesh object's name
+CHARACTER_ROLES = ("character_shapes", "character_bones", "character_object")
+
+
+def character_take_names() -> list[str]:
+    return sorted({str(a[TAKE_PROP]) for a in bpy.data.actions
+                   if TAKE_PROP in a and a.get(ROLE_PROP) == "character_shapes"})
+
+
+def character_take_actions(name: str) -> dict[str, bpy.types.Action]:
+    """{role: action} of the character take `name`."""
+    return {str(a[ROLE_PROP]): a for a in bpy.data.actions
+            if a.get(TAKE_PROP) == name and a.get(ROLE_PROP) in CHARACTER_ROLES}
+
+
+def _uses(owner: bpy.types.ID | None, action: bpy.types.Action) -> bool:
+    adt = getattr(owner, "animation_data", None)
+    if adt is None:
+        return False
+    return adt.action == action or any(s.action == action for t in adt.nla_tracks for s in t.strips)
+
+
+def character_take_object(name: str) -> bpy.types.Object | None:
+    """The mesh a character take belongs to: the object named on its actions, else a mesh whose shape keys use
+    the take's shape action (active or in the NLA); None when neither exists (the mesh was deleted)."""
+    shapes = character_take_actions(name).get("character_shapes")
+    if shapes is None:
+        return None
+    obj = bpy.data.objects.get(str(shapes.get(CHARACTER_PROP, "")))
+    if obj is not None and obj.type == "MESH" and obj.data.shape_keys is not None:
+        return obj
+    for obj in bpy.data.objects:
+        if obj.type == "MESH" and _uses(obj.data.shape_keys, shapes):
+            return obj
+    return None
+
+
+def active_character_take(obj: bpy.types.Object) -> str | None:
+    """The character take active on `obj`'s shape keys (else the one in its topmost NLA track), or None."""
+    key = obj.data.shape_keys if obj.type == "MESH" else None
+    adt = getattr(key, "animation_data", None)
+    if adt is None:
+        return None
+    candidates = [adt.action] + [s.action for t in reversed(adt.nla_tracks) for s in t.strips]
+    for action in candidates:
+        if action is not None and action.get(ROLE_PROP) == "character_shapes" and TAKE_PROP in action:
+            return str(action[TAKE_PROP])
+    return None
+
+
+def take_kind(name: str) -> str | None:
+    """"flame" (a FLAME head's take), "character" (a character take) or None (no take of that name)."""
+    if any(a.get(TAKE_PROP) == name and a.get(ROLE_PROP) == "bones" for a in bpy.data.actions):
+        return "flame"
+    return "character" if "character_shapes" in character_take_actions(name) else None
+
+
+def all_takes() -> list[tuple[str, str]]:
+    """Every take in the file as (name, kind), kind "flame" or "character", sorted by name (the panel's list)."""
+    found = [(n, "flame") for n in take_names()] + [(n, "character") for n in character_take_names()]
+    return sorted(found)
 
 
 # ---- sound ----

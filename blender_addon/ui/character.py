@@ -13,7 +13,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, PointerProperty, StringProperty
 
-from ..core.controls import apply_controls
+from ..core.controls import apply_controls, quaternion_tolerance
 from ..flame import load_flame
 from ..flame.contract import MOTION_FPS
 from ..flame.motionfile import read_motion
@@ -81,13 +81,16 @@ def key_motion(context: bpy.types.Context, obj: bpy.types.Object, motion: np.nda
                start: float) -> retarget.CharacterTake:
     """Solve `motion` (25 fps, controls applied) for `obj` on the worker and key it at scene frame `start`."""
     settings = _settings(context)
+    controls = context.scene.flametalk  # the panel's Controls: curve simplification and NLA, as for FLAME takes
+    simplify = (float(controls.simplify_expression), quaternion_tolerance(controls.simplify_rotation)) \
+        if controls.simplify else None
     result, _ = retarget.solve(obj, motion, bpy.path.abspath(settings.flame_file), _python(context),
                                keys=_keys(settings), face_group=settings.face_group or None,
                                jaw_bone=settings.jaw_bone or None)
     return retarget.key_character_take(
         obj, result, name, context.scene, start_frame=start, jaw_bone=settings.jaw_bone or None,
         head_bone=settings.head_bone if settings.head_target == "BONE" and settings.head_bone else None,
-        head_to_object=settings.head_target == "OBJECT")
+        head_to_object=settings.head_target == "OBJECT", simplify=simplify, push_to_nla=controls.push_to_nla)
 
 
 class FLAMETALK_OT_character_fit(bpy.types.Operator):
@@ -117,6 +120,33 @@ class FLAMETALK_OT_character_fit(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class FLAMETALK_OT_character_place_head(bpy.types.Operator):
+    """Move the panel's FLAME head over the character (where the fit puts it, else a rough guess) to adjust by
+    hand; Fit then starts from where it is left ("Start From FLAME Head" is switched on)"""
+
+    bl_idname = "flametalk.character_place_head"
+    bl_label = "Place FLAME Head"
+    bl_options: ClassVar[set[str]] = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = _settings(context)
+        try:
+            obj = settings.target
+            if obj is None:
+                raise character.CharacterError("choose the character mesh in the Character section")
+            character.check_character(obj)
+            rig = find_rig(context.scene.flametalk.head)
+            if rig is None:
+                raise character.CharacterError("no FLAME head to place: build or pick one in the panel above")
+            how = character.place_flame_head(obj, rig.mesh, rig.armature)
+        except character.CharacterError as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        settings.use_placement = True
+        self.report({"INFO"}, f"Placed {rig.mesh.name} over {obj.name} ({how}): adjust it by hand, then Fit")
+        return {"FINISHED"}
+
+
 class FLAMETALK_OT_character_show_fit(bpy.types.Operator):
     """Show the fitted FLAME head over the character (a wireframe child object, not rendered)"""
 
@@ -137,7 +167,7 @@ class FLAMETALK_OT_character_show_fit(bpy.types.Operator):
 
 
 class FLAMETALK_OT_character_use_take(bpy.types.Operator):
-    """Make this character take active on the character"""
+    """Make this character take active on its character (shape keys, bones, object rotation)"""
 
     bl_idname = "flametalk.character_use_take"
     bl_label = "Use Character Take"
@@ -146,8 +176,10 @@ class FLAMETALK_OT_character_use_take(bpy.types.Operator):
     take: StringProperty(name="Take", default="")
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        obj = _settings(context).target
+        obj = takes.character_take_object(self.take) or _settings(context).target  # the take's own mesh first
         try:
+            if takes.take_kind(self.take) != "character":
+                raise character.CharacterError(f"no character take named '{self.take}'")
             if obj is None:
                 raise character.CharacterError("choose the character mesh in the Character section")
             retarget.assign_character_take(obj, self.take)
@@ -223,6 +255,7 @@ def unregister_properties() -> None:
         del bpy.types.Scene.flametalk_character
 
 
-CLASSES: tuple[type, ...] = (FLAMETALK_PG_character, FLAMETALK_OT_character_fit, FLAMETALK_OT_character_show_fit,
+CLASSES: tuple[type, ...] = (FLAMETALK_PG_character, FLAMETALK_OT_character_fit, FLAMETALK_OT_character_place_head,
+                             FLAMETALK_OT_character_show_fit,
                              FLAMETALK_OT_character_use_take, FLAMETALK_OT_character_retarget,
                              FLAMETALK_OT_character_generate)

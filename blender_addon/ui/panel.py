@@ -101,16 +101,28 @@ class FLAMETALK_PT_takes(_FlameTalkPanel, bpy.types.Panel):
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
-        names = takes.take_names()
-        if names:
+        found = takes.all_takes()  # FLAME takes and character takes (scene/retarget.py) in one list
+        if found:
             box = layout.box()
-            for name in names[-8:]:
-                box.operator("flametalk.use_take", text=name, icon="ACTION").take = name
+            for name, kind in found[-8:]:
+                if kind == "character":
+                    obj = takes.character_take_object(name)
+                    label = f"{name} ({obj.name})" if obj is not None else name
+                    box.operator("flametalk.character_use_take", text=label, icon="USER").take = name
+                else:
+                    box.operator("flametalk.use_take", text=name, icon="ACTION").take = name
         else:
             layout.label(text="No takes yet")
         row = layout.row(align=True)
         row.operator("flametalk.export_fbx", text="FBX", icon="EXPORT")
         row.operator("flametalk.export_gltf", text="glTF", icon="EXPORT")
+        target = getattr(context.scene, "flametalk_character", None)
+        obj = target.target if target is not None else None
+        if obj is not None and find_rig(obj) is None and takes.active_character_take(obj) is not None:
+            row = layout.row(align=True)  # the character's active take, whatever the selection
+            row.label(text=obj.name, icon="USER")
+            row.operator("flametalk.export_fbx", text="FBX", icon="EXPORT").character = obj.name
+            row.operator("flametalk.export_gltf", text="glTF", icon="EXPORT").character = obj.name
 
 
 class FLAMETALK_PT_character(_FlameTalkPanel, bpy.types.Panel):
@@ -140,7 +152,9 @@ class FLAMETALK_PT_character(_FlameTalkPanel, bpy.types.Panel):
         col.prop(settings, "head_target")
         if settings.head_target == "BONE":
             col.prop(settings, "head_bone")
-        col.prop(settings, "use_placement")
+        row = col.row(align=True)
+        row.prop(settings, "use_placement")
+        row.operator("flametalk.character_place_head", text="Place", icon="OBJECT_ORIGIN")
         summary = character.fit_summary(obj) if obj is not None else None
         row = layout.row(align=True)
         row.operator("flametalk.character_fit", icon="MOD_SHRINKWRAP")
@@ -153,11 +167,8 @@ class FLAMETALK_PT_character(_FlameTalkPanel, bpy.types.Panel):
         col = layout.column(align=True)
         col.operator("flametalk.character_retarget", icon="ARMATURE_DATA")
         col.operator("flametalk.character_generate", icon="PLAY_SOUND")
-        names = retarget.character_take_names()
-        if names:
-            box = layout.box()
-            for name in names[-6:]:
-                box.operator("flametalk.character_use_take", text=name, icon="ACTION").take = name
+        if obj is not None and retarget.character_take_names():
+            layout.label(text="Its takes: Takes & Export below", icon="INFO")
 
 
 CLASSES: tuple[type, ...] = (FLAMETALK_PT_main, FLAMETALK_PT_controls, FLAMETALK_PT_character, FLAMETALK_PT_takes)

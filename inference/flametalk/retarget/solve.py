@@ -59,6 +59,7 @@ def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray
         for m in range(len(q_mats)):
             rows = which == m
             x0[rows] = np.linalg.solve(q_mats[m], q_vec[rows].T).T
+        x0 = _pivot(q_mats, which, q_vec, lo, hi, x0)
     x = np.clip(np.asarray(x0, dtype=np.float64), lo, hi)
     grad = _grad(q_mats, which, q_vec, x, np.arange(n))
     fixed = ((x <= lo) & (grad > 0)) | ((x >= hi) & (grad < 0))
@@ -112,6 +113,35 @@ def box_qp(q_mats: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray
             any_wrong = wrong.any(axis=1)
             fixed[idx[any_wrong], release[any_wrong]] = False
             done[rows[~any_wrong]] = True
+        active = active[~done]
+    return np.clip(x, lo, hi)
+
+
+def _pivot(q_mats: np.ndarray, which: np.ndarray, q_vec: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+           x0: np.ndarray, max_iter: int = 8) -> np.ndarray:
+    """A start for the active-set method from the unconstrained optimum x0: block principal pivoting (every
+    variable that is infeasible — free outside its bounds, or held at a bound its gradient points away from —
+    changes side at once, per problem, all problems batched). Usually exact after a few rounds where the active-set
+    method would add one bound per iteration; problems still infeasible after max_iter rounds keep their last
+    (clipped) point. Only a start: box_qp's own iterations make the result exact either way."""
+    free = (x0 > lo) & (x0 < hi)
+    x = np.clip(x0, lo, hi)
+    active = np.nonzero(~free.all(axis=1))[0]  # problems whose unconstrained optimum is feasible are done
+    for _ in range(max_iter):
+        if not len(active):
+            break
+        target = x[active].copy()
+        _solve_free(np.arange(len(active)), active, free[active], x, q_mats, which, q_vec, target)
+        x[active] = target
+        g = _grad(q_mats, which, q_vec, x, active)
+        fa, xa = free[active], target
+        below, above = fa & (xa < lo), fa & (xa > hi)
+        release = ~fa & (((xa <= lo) & (g < 0)) | ((xa >= hi) & (g > 0)))
+        wrong = below | above | release
+        done = ~wrong.any(axis=1)
+        fa = (fa & ~below & ~above) | release
+        xa = np.where(below, lo, np.where(above, hi, xa))
+        free[active], x[active] = fa, xa
         active = active[~done]
     return np.clip(x, lo, hi)
 

@@ -147,7 +147,7 @@ class Transfer:
         (H = B^T B (K, K), B^T d_t (T, K), |d_t|^2 (T,)) without forming d_t."""
         motion = check_motion(motion)
         z, pose, _sel = self._features(motion)
-        deltas = np.asarray(deltas, dtype=np.float64)
+        deltas = np.ascontiguousarray(deltas, dtype=np.float64)  # C order: the reshapes below are views
         flat = deltas.reshape(len(deltas), -1)
         gram = flat @ flat.T
         # G = W^T (B A): each key's deltas rotated back into FLAME's frame and gathered on FLAME's vertices

@@ -148,3 +148,46 @@ def test_simplified_keys_stay_within_tolerance() -> None:
     assert len(blink.keyframe_points) == 2 and 2 < len(jaw.keyframe_points) < frames / 3
     values = np.array([jaw.evaluate(1.0 + i) for i in range(frames)])
     assert np.abs(values - result["weights"][:, 0]).max() <= 0.0101
+
+
+def test_head_turns_about_the_fitted_neck_joint(tmp_path) -> None:
+    """The object keyed with a head rotation and a pivot turns the mesh about that pivot: every vertex at
+    loc0 + R0 S (c + R_t (v - c)) in world space, the pivot itself still; head_pivot is FLAME's root joint on the
+    stored fit."""
+    from fixtures.ict_flame import expr_keys, write_ict_flame
+
+    from blender_addon.flame import load_flame, rodrigues
+
+    _, fitted = cached_fit(1.0, split=0.0)
+    obj = _import_ict()
+    character.store_fit(obj, {k: getattr(fitted, k) for k in characterfile.FIT_FIELDS})
+    flame = write_ict_flame(tmp_path / "ict_flame.npz", expr_keys())
+    pivot = retarget.head_pivot(obj, flame)
+    expected = load_flame(flame, use_torch=False).j_regressor[0] @ np.asarray(fitted.flame_vertices, np.float64)
+    np.testing.assert_allclose(pivot, np.ravel(expected), atol=1e-9)
+    lo, hi = np.min(fitted.flame_vertices, axis=0), np.max(fitted.flame_vertices, axis=0)
+    assert np.all(pivot > lo) and np.all(pivot < hi)  # inside the head, not at the origin
+    assert np.linalg.norm(pivot) > 0.01
+    # a moved, turned, uniformly scaled object: the turn is about the pivot all the same
+    obj.location, obj.rotation_euler, obj.scale = (0.3, -0.2, 1.1), (0.1, -0.2, 0.4), (2.0, 2.0, 2.0)
+    bpy.context.view_layer.update()
+    rest = np.array(obj.matrix_world, np.float64)
+    scene = bpy.context.scene
+    scene.render.fps = 25
+    result = _result(["jawOpen"], 6)
+    result["head_rotation"][:] = np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.2, 0.1, 0.0], [0.1, 0.2, -0.1],
+                                           [0.0, 0.3, 0.2], [-0.2, 0.0, 0.1]], np.float32)
+    result["head_pivot"] = pivot
+    verts = np.array([v.co for v in obj.data.vertices], np.float64)[::500]
+    for take in ("turn", "again"):  # a second take keyed while the first one is turning the object: same rest
+        scene.frame_set(4)
+        retarget.key_character_take(obj, result, take, scene, start_frame=1)
+        for t in range(6):
+            scene.frame_set(1 + t)
+            world = np.array(obj.matrix_world, np.float64)
+            turned = pivot + (verts - pivot) @ rodrigues(result["head_rotation"][t].astype(np.float64)).T
+            want = turned @ rest[:3, :3].T + rest[:3, 3]
+            got = verts @ world[:3, :3].T + world[:3, 3]
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    still = world[:3, :3] @ pivot + world[:3, 3]
+    np.testing.assert_allclose(still, rest[:3, :3] @ pivot + rest[:3, 3], atol=1e-5)

@@ -108,6 +108,27 @@ def test_box_qp_is_exact():
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-7)
 
 
+def test_pivoting_start_is_mostly_exact_and_box_qp_stays_exact():
+    """The block-pivoting start (box_qp's default) already solves most problems with many bounds active; box_qp's
+    result matches BVLS and the result from a plain clipped start."""
+    from flametalk.retarget.solve import _pivot
+
+    rng = np.random.default_rng(7)
+    k = 24
+    a = rng.normal(size=(60, k)) @ np.diag(rng.uniform(0.2, 2.0, k))
+    truth = np.clip(rng.normal(0.3, 0.6, size=(80, k)), 0.0, 1.0)  # many weights at a bound
+    targets = truth @ a.T + 0.3 * rng.normal(size=(80, 60))
+    lo, hi = np.zeros(k), np.ones(k)
+    q, vec = a.T @ a, targets @ a
+    expected = np.stack([lsq_linear(a, b, bounds=(lo, hi), tol=1e-12, method="bvls").x for b in targets])
+    start = _pivot(q[None], np.zeros(80, dtype=np.int64), vec, lo, hi, np.linalg.solve(q, vec.T).T)
+    exact = np.abs(start - expected).max(axis=1) < 1e-7
+    assert exact.mean() > 0.9 and ((expected < 1e-12) | (expected > 1 - 1e-12)).mean() > 0.2
+    np.testing.assert_allclose(box_qp(q, vec, lo, hi), expected, atol=1e-7)
+    plain = box_qp(q, vec, lo, hi, x0=np.clip(np.linalg.solve(q, vec.T).T, lo, hi))
+    np.testing.assert_allclose(plain, expected, atol=1e-7)
+
+
 def test_smoothness_sweeps_reach_the_joint_optimum():
     rng = np.random.default_rng(3)
     k, frames = 4, 7
