@@ -62,7 +62,7 @@ def test_live_from_a_wav_streams_one_shot_motion_with_latency(client, parity_che
     rid = client.submit("live", checkpoint=str(parity_checkpoint_dir), device="cpu", wav=str(speech), speed=1.0,
                         audio_out=str(audio_out))
     events, result = _collect(client, rid)
-    assert [e["event"] for e in events if e["event"] != "progress"][0] == "live"  # capture starts after warm-up
+    assert next(e["event"] for e in events if e["event"] != "progress") == "live"  # capture starts after warm-up
     frames = [e for e in events if e["event"] == "frames"]
     assert [(f["start"], f["stop"]) for f in frames] == [(0, 96), (96, 196), (196, 230)] and frames[-1]["final"]
     expected = postprocess_motion(generate_motion(load_checkpoint(parity_checkpoint_dir), load_audio(speech)))
