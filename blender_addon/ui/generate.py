@@ -94,7 +94,9 @@ class FLAMETALK_OT_generate(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return active_job() is None and context.scene is not None
+        from .live import active_session  # Live drives the head: no Generate meanwhile
+
+        return active_job() is None and active_session() is None and context.scene is not None
 
     # ---- blocking ----
     def execute(self, context: bpy.types.Context) -> set[str]:

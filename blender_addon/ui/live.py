@@ -83,21 +83,30 @@ def live_tick() -> float | None:
                              "Listening..." if session.frames == 0 else "Live")
         _redraw()
         return POLL_S
+    if session.error is None and not session.stop_requested:  # the input ended (a file): Record or Stop decides
+        state.live_status = "Input ended: Record keeps it, Stop discards it"
+        _redraw()
+        return None
+    _finish(session)
+    return None
+
+
+def _finish(session: LiveSession) -> None:
+    """Live is over (its result came, or it failed): keep the take if Record was asked, else put the head back."""
     if session.error is not None:
         _end("Live stopped" if session.error.kind == "cancelled" else f"FlameTalk: {session.error}")
-        return None
+        return
     if session.record_requested:
         try:
             result = session.record()
         except LiveError as err:
             _end(f"FlameTalk: {err}")
-            return None
+            return
         first, last = result.take.frame_range
         _end(f"Recorded {result.take.name}: {len(result.motion)} frames on {first:g}..{last:g}")
-        return None
+        return
     session.close()
     _end(f"Live ended: {session.frames} frames shown")
-    return None
 
 
 class FLAMETALK_OT_live(bpy.types.Operator):
@@ -151,6 +160,11 @@ class FLAMETALK_OT_live_stop(bpy.types.Operator):
             return {"CANCELLED"}
         session.stop(record=self.record)
         context.window_manager.flametalk.live_status = "Stopping..."
+        if session.done:  # the input had ended already: nothing more will come
+            _finish(session)
+            if self.record and _LIVE["report"].startswith("FlameTalk:"):
+                self.report({"ERROR"}, _LIVE["report"])
+                return {"CANCELLED"}
         return {"FINISHED"}
 
 
