@@ -198,6 +198,7 @@ class GenerateJob:
         self.req = req
         self.scene = req.scene or bpy.context.scene
         self.rig_name = req.rig.armature.name if req.rig is not None else None
+        self.keys_the_head = rig_required  # progressive preview keys only when this job keys the request's head
         self.temp_dir = tempfile.mkdtemp(prefix="flametalk_job_")
         self.out = str(Path(self.temp_dir) / "motion.npz")
         self.rid: int | None = None
@@ -243,7 +244,7 @@ class GenerateJob:
 
     def _submit(self, fields: dict[str, Any]) -> None:
         try:
-            if self.req.progressive and self.rig_name is not None:
+            if self.req.progressive and self.keys_the_head and self.rig_name is not None:
                 self.client.start()  # the hello says whether the worker offers progressive takes
                 self.progressive = "progressive" in self.client.features()
             if self.progressive:  # an older worker (no "progressive" in its hello): the take appears at the end
