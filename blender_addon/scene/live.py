@@ -18,6 +18,7 @@ import base64
 import contextlib
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -146,28 +147,44 @@ class LiveSession:
         self.stop_requested = False
         self.record_requested = False
         self._pose: _Pose | None = None
+        self._starter: threading.Thread | None = None
+        self._start_error: LiveError | None = None
 
     # ---- running ----
-    def start(self) -> None:
+    def start(self, background: bool = False) -> None:
+        """Send the live request. background=True starts the worker process on a thread (importing torch takes
+        seconds; the UI stays responsive) and poll() reports its failure; the thread touches no Blender data."""
         style_req = GenerateRequest(rig=None, audio="", checkpoint=self.req.checkpoint, worker_python="",
                                     style=self.req.style)
-        style, style_start = _style_field(style_req, self.temp_dir, self.scene)
+        style, style_start = _style_field(style_req, self.temp_dir, self.scene)  # reads bpy data: main thread
         self.client = get_client(self.req.worker_python, self.req.worker_env)
+        fields = {"checkpoint": self.req.checkpoint, "device": self.req.device, "mode": self.req.mode,
+                  "style": style, "style_start": style_start, "postprocess": True, "input": self.req.input,
+                  "wav": paths.absolute(self.req.wav) if self.req.wav else None, "speed": float(self.req.speed),
+                  "audio_out": self.audio_out}
+        if background:
+            self._starter = threading.Thread(target=self._submit, args=(fields,), daemon=True)
+            self._starter.start()
+        else:
+            self._submit(fields)
+            if self._start_error is not None:
+                raise self._start_error
+        self._pose = _Pose(self.rig())
+        self._pose.set_aside()
+
+    def _submit(self, fields: dict[str, Any]) -> None:
         try:
             self.client.start()
             if "live" not in self.client.features():
                 raise LiveError("the worker runtime has no Live command; update it (Preferences > FlameTalk > Set "
                                 "Up Runtime)", "setup")
-            fields = {"checkpoint": self.req.checkpoint, "device": self.req.device, "mode": self.req.mode,
-                      "style": style, "style_start": style_start, "postprocess": True, "input": self.req.input,
-                      "wav": paths.absolute(self.req.wav) if self.req.wav else None, "speed": float(self.req.speed),
-                      "audio_out": self.audio_out}
             self.rid = self.client.submit("live", **fields)
+            if self.stop_requested:  # stopped while the worker was starting
+                self.client.cancel(self.rid)
         except WorkerError as err:
-            raise LiveError(str(err), err.kind) from None
-        rig = self.rig()
-        self._pose = _Pose(rig)
-        self._pose.set_aside()
+            self._start_error = LiveError(str(err), err.kind)
+        except LiveError as err:
+            self._start_error = err
 
     def rig(self) -> FlameRig:
         rig = find_rig(bpy.data.objects.get(self.rig_name))
@@ -207,6 +224,18 @@ class LiveSession:
         result came or it failed: see `result` / `error`)."""
         if self.done:
             return False
+        if self._starter is not None:
+            if self._starter.is_alive():
+                if self.stop_requested:  # nothing was sent yet: Live ends here
+                    self.error = LiveError("cancelled", "cancelled")
+                    self.close()
+                    return False
+                return True
+            self._starter = None
+            if self._start_error is not None:
+                self.error, self._start_error = self._start_error, None
+                self.close()
+                return False
         assert self.client is not None and self.rid is not None, "start() first"
         try:
             state, event = self.client.poll(self.rid, on_event=self._event)
@@ -304,6 +333,7 @@ class LiveSession:
 
     def close(self) -> None:
         """Put the head back as it was (unless record() made a take) and remove the temporary files."""
+        self.stop_requested = True  # a request still being sent by the start-up thread is cancelled once it is out
         if self.client is not None and self.rid is not None:
             if not self.done:
                 self.client.cancel(self.rid)

@@ -80,6 +80,7 @@ def live_tick() -> float | None:
     state.live_latency = session.latency
     if running:
         state.live_status = ("Stopping..." if session.stop_requested else
+                             "Starting the worker..." if session.rid is None else
                              "Listening..." if session.frames == 0 else "Live")
         _redraw()
         return POLL_S
@@ -129,7 +130,7 @@ class FLAMETALK_OT_live(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         try:
             session = LiveSession(build_live_request(context, self.worker_python, self.checkpoint, self.speed))
-            session.start()
+            session.start(background=True)
         except LiveError as err:
             self.report({"ERROR"}, f"FlameTalk: {err}")
             return {"CANCELLED"}

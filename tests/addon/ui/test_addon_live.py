@@ -6,6 +6,7 @@ keeps what was shown as a take with the captured audio as its sound strip, in sy
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 import time
 import wave
@@ -203,3 +204,18 @@ def test_live_without_a_head_is_one_line(addon, speech):
     with pytest.raises(RuntimeError, match="no FLAME head"):
         bpy.ops.flametalk.live()
     assert ui_live.active_session() is None
+
+
+def test_a_microphone_without_portaudio_is_one_line_and_changes_nothing(addon, head_model, speech):
+    probe = subprocess.run([sys.executable, "-c", "import sounddevice"], capture_output=True, timeout=60)
+    if probe.returncode == 0:
+        pytest.skip("sounddevice and PortAudio are installed here: Live would open a real input")
+    flame_rig, before, pose = _start(head_model, speech)
+    bpy.context.scene.flametalk.live_source = "MIC"
+    assert bpy.ops.flametalk.live() == {"FINISHED"}  # the worker starts in the background
+    _tick_until(lambda: ui_live.active_session() is None)
+    status = bpy.context.window_manager.flametalk.live_status
+    assert status.startswith("FlameTalk: live audio input needs sounddevice and PortAudio"), status
+    assert "\n" not in status and "--wav" in status
+    assert scene_state() == before and _pose(flame_rig) == pose
+    assert not bpy.context.window_manager.flametalk.live_running
