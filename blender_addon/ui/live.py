@@ -69,6 +69,10 @@ def live_tick() -> float | None:
     session = active_session()
     if session is None:
         return None
+    if not hasattr(bpy.context.window_manager, "flametalk"):  # the add-on was disabled while Live ran
+        _LIVE["session"] = None
+        session.close()
+        return None
     try:
         running = session.poll()
     except LiveError as err:  # the head was deleted
