@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import bpy
 
-from .ui import assets, character, export, generate, panel, preferences, properties, rig, runtime
+from .ui import assets, character, export, generate, live, panel, preferences, properties, rig, runtime
 from .worker import client as worker_client
 
-UI_MODULES = (preferences, properties, rig, generate, character, export, panel, runtime, assets)
+UI_MODULES = (preferences, properties, rig, generate, live, character, export, panel, runtime, assets)
 CLASSES: tuple[type, ...] = tuple(cls for module in UI_MODULES for cls in module.CLASSES)
 
 

@@ -2,12 +2,22 @@
 
     check inputs -> worker writes a motion .npz -> load it -> controls -> keys -> sound strip -> frame range
 
-The scene is touched only after the motion file is complete, and `apply_motion` undoes its own changes if any step
+The take is keyed only from the complete motion file, and `apply_motion` undoes its own changes if any step
 fails, so an error or a cancel leaves the scene as it was. Every failure is a GenerateError with one line.
+
+Progressive takes (`GenerateRequest.progressive`, when the worker's hello lists "progressive"): the worker sends
+each finished 4-s window's final frames at once, and `poll()` keys everything received so far into the take's
+actions (keyframes.write_take, the one F-curve writer), so the take can be scrubbed while the rest computes. These
+preview keys are undone (a _Snapshot of the scene from before the first of them) before the final keys are written
+from the motion file by `apply_motion`, exactly as without progressive mode, so the finished take is the same,
+key for key. A cancel removes them too, or, with `keep_partial`, the worker saves the finished windows and
+`finish()` keys them as a shorter take (GenerateResult.partial).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import shutil
 import tempfile
 import threading
@@ -22,7 +32,7 @@ import numpy as np
 from ..core import paths
 from ..core.controls import Controls, apply_controls, quaternion_tolerance
 from ..core.style_channels import style_frames
-from ..flame.contract import STYLE_FRAMES
+from ..flame.contract import MOTION_DIM, MOTION_FPS, STYLE_FRAMES
 from ..flame.motionfile import read_motion
 from ..worker.client import WorkerError, get_client
 from . import compat, keyframes, takes
@@ -69,6 +79,8 @@ class GenerateRequest:
     worker_env: dict[str, str] | None = None
     scene: bpy.types.Scene | None = None
     temp_dir: str | None = None  # removed with the job (e.g. a packed sound written out)
+    progressive: bool = False  # key each finished window at once (if the worker offers it; needs the rig)
+    keep_partial: bool = False  # progressive: a cancel keeps the finished windows as a shorter take
 
 
 @dataclass
@@ -80,6 +92,8 @@ class GenerateResult:
     generate_seconds: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    first_keys_seconds: float | None = None  # progressive: from the job's start to the first window keyed
+    partial: bool = False  # cancelled with keep_partial: the finished windows only
 
 
 def check_request(req: GenerateRequest) -> None:
@@ -184,6 +198,7 @@ class GenerateJob:
         self.req = req
         self.scene = req.scene or bpy.context.scene
         self.rig_name = req.rig.armature.name if req.rig is not None else None
+        self.keys_the_head = rig_required  # progressive preview keys only when this job keys the request's head
         self.temp_dir = tempfile.mkdtemp(prefix="flametalk_job_")
         self.out = str(Path(self.temp_dir) / "motion.npz")
         self.rid: int | None = None
@@ -195,15 +210,30 @@ class GenerateJob:
         self.cancel_requested = False
         self._starter: threading.Thread | None = None
         self._start_error: WorkerError | None = None
+        # progressive takes
+        self.progressive = False  # requested, and the worker offers it
+        self.submitted: float | None = None  # perf_counter when the request was sent (before the worker's t = 0)
+        self.parts: list[np.ndarray] = []  # final frames received, in order
+        self.frames_received = 0
+        self.frame_events: list[dict[str, Any]] = []  # per "frames" event: window, start, stop, t (worker), received
+        self.keyed_log: list[dict[str, Any]] = []  # per preview keying: window, frames, keys, seconds (since start)
+        self.first_keys_seconds: float | None = None
+        self.kept: int | None = None  # cancelled with keep_partial: frames the worker saved
+        self.on_keyed: Any = None  # called with the job after each preview keying (UI redraw, tests)
+        self._keyed_frames = 0
+        self._preview: _Snapshot | None = None
+        self._preview_take: Take | None = None
+        self._preview_name = ""
 
     def start(self, background: bool = False) -> None:
         """Submit the request. background=True starts the worker process on a thread (importing torch takes
         seconds; the UI stays responsive) and poll() reports its failure; the thread touches no Blender data."""
         style, style_start = _style_field(self.req, self.temp_dir, self.scene)  # reads bpy data: main thread
         self.client = get_client(self.req.worker_python, self.req.worker_env)
-        fields = {"audio": paths.absolute(self.req.audio), "out": self.out, "checkpoint": self.req.checkpoint,
-                  "device": self.req.device, "mode": self.req.mode, "style": style, "style_start": style_start,
-                  "postprocess": True}
+        fields: dict[str, Any] = {
+            "audio": paths.absolute(self.req.audio), "out": self.out, "checkpoint": self.req.checkpoint,
+            "device": self.req.device, "mode": self.req.mode, "style": style, "style_start": style_start,
+            "postprocess": True}
         self.stage = "starting the worker"
         if not background:
             self._submit(fields)
@@ -214,6 +244,12 @@ class GenerateJob:
 
     def _submit(self, fields: dict[str, Any]) -> None:
         try:
+            if self.req.progressive and self.keys_the_head and self.rig_name is not None:
+                self.client.start()  # the hello says whether the worker offers progressive takes
+                self.progressive = "progressive" in self.client.features()
+            if self.progressive:  # an older worker (no "progressive" in its hello): the take appears at the end
+                fields = {**fields, "progressive": True, "keep_partial": bool(self.req.keep_partial)}
+            self.submitted = time.perf_counter()
             self.rid = self.client.submit("generate", **fields)
             self.stage = "waiting for the worker"
             if self.cancel_requested:  # cancelled while the worker was starting
@@ -225,6 +261,84 @@ class GenerateJob:
         if self._start_error is not None:
             err, self._start_error = self._start_error, None
             raise GenerateError(str(err), err.kind)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        """Every event of the request, in order (client.poll's on_event)."""
+        if event.get("event") == "frames":
+            self._frames(event)
+        elif event.get("event") == "progress":
+            self._progress(event)
+
+    def _frames(self, event: dict[str, Any]) -> None:
+        start, stop = int(event.get("start", -1)), int(event.get("stop", -1))
+        if start != self.frames_received or stop < start:
+            raise GenerateError(f"the worker sent frames {start}..{stop} after {self.frames_received}", "internal")
+        data = base64.b64decode(str(event.get("motion", "")))
+        if len(data) != (stop - start) * MOTION_DIM * 4:
+            raise GenerateError("the worker sent a frames event of the wrong size", "internal")
+        self.parts.append(np.frombuffer(data, dtype="<f4").reshape(stop - start, MOTION_DIM).astype(np.float32))
+        self.frames_received = stop
+        self.frame_events.append({"window": event.get("window"), "start": start, "stop": stop,
+                                  "t": float(event.get("t", 0.0)), "received": time.perf_counter()})
+
+    def _key_preview(self) -> None:
+        """Key every frame received so far into the take's actions (replacing the previous preview keys)."""
+        if self.frames_received == self._keyed_frames or not self.frames_received:
+            return
+        rig = find_rig(bpy.data.objects.get(self.rig_name)) if self.rig_name else None
+        if rig is None:  # the head went away: finish() says so; no preview
+            return
+        motion = np.concatenate(self.parts)
+        req, scene = self.req, self.scene
+        try:
+            controlled = apply_controls(motion, req.controls)
+            if self._preview is None:
+                self._preview = _Snapshot(scene, rig)
+                self._preview_name = req.take_name or takes.take_name_for(req.audio or "take")
+            else:
+                self._drop_preview_actions()
+            simplify = None
+            if req.controls.simplify:
+                simplify = (req.controls.expression_tolerance,
+                            quaternion_tolerance(req.controls.rotation_tolerance_deg))
+            take = keyframes.write_take(rig, controlled, MOTION_FPS, name=self._preview_name, scene=scene,
+                                        start_frame=req.start_frame, simplify=simplify)
+        except (ValueError, RuntimeError):  # e.g. a take past Blender's last frame: the final keying reports it
+            self._discard_preview()
+            self.progressive = False
+            return
+        self._preview_take = take
+        takes.extend_range(scene, take.frame_range[0], take.frame_range[1])
+        self._keyed_frames = self.frames_received
+        now = time.perf_counter() - self.started
+        if self.first_keys_seconds is None:
+            self.first_keys_seconds = now
+        self.keyed_log.append({"window": self.frame_events[-1]["window"], "frames": self.frames_received,
+                               "keys": take.n_keys, "seconds": now})
+        if self.on_keyed is not None:
+            self.on_keyed(self)
+
+    def _drop_preview_actions(self) -> None:
+        take, self._preview_take = self._preview_take, None
+        if take is None:
+            return
+        for action in (take.bone_action, take.shape_action):
+            with contextlib.suppress(ReferenceError):  # already gone (e.g. the user deleted it)
+                bpy.data.actions.remove(action)
+
+    def _discard_preview(self) -> None:
+        """Undo the preview keys: the scene as it was before the first of them."""
+        snapshot, self._preview = self._preview, None
+        self._drop_preview_actions()
+        if snapshot is not None:
+            with contextlib.suppress(ReferenceError):  # the scene or the head was removed meanwhile
+                snapshot.restore()
+        self._keyed_frames = 0
+
+    @property
+    def preview_take(self) -> Take | None:
+        """The take keyed so far from the finished windows (progressive mode), until finish()."""
+        return self._preview_take
 
     def _progress(self, event: dict[str, Any]) -> None:
         total, done = event.get("total") or 0, event.get("done") or 0
@@ -246,12 +360,21 @@ class GenerateJob:
                 self.cancel()
         assert self.client is not None and self.rid is not None, "start() first"
         try:
-            state, event = self.client.poll(self.rid)
+            state, event = self.client.poll(self.rid, on_event=self._event)
+            if state != "result":
+                self._key_preview()
         except WorkerError as err:
+            kept = err.event.get("kept") if err.kind == "cancelled" else None
+            if isinstance(kept, int) and kept > 0 and self.req.keep_partial and Path(self.out).is_file():
+                self.kept, self.result_event, self.fraction, self.stage = kept, err.event, 1.0, "keying"
+                return True
+            self._discard_preview()
             raise GenerateError("cancelled" if err.kind == "cancelled" else str(err), err.kind) from None
-        if state == "progress" and event:
-            self._progress(event)
-        elif state == "result":
+        except GenerateError:
+            self._discard_preview()
+            self.cancel()
+            raise
+        if state == "result":
             self.result_event, self.fraction, self.stage = event, 1.0, "keying"
             return True
         return False
@@ -281,6 +404,7 @@ class GenerateJob:
             read = read_motion(self.out)
         except MotionFileError as err:
             raise GenerateError(f"the worker wrote a bad motion file ({err})", "internal") from None
+        self._discard_preview()  # the final keys are written as without progressive mode
         if rig is None:
             rig = find_rig(bpy.data.objects.get(self.rig_name)) if self.rig_name else None
         if rig is None:
@@ -289,9 +413,12 @@ class GenerateJob:
                               scene=scene or self.scene)
         result.generate_seconds = time.perf_counter() - self.started
         result.provenance = read.provenance
+        result.first_keys_seconds = self.first_keys_seconds
+        result.partial = self.kept is not None
         return result
 
     def close(self) -> None:
+        self._discard_preview()  # a job closed without finish() (load_pre, an error) leaves no preview keys
         if self.client is not None and self.rid is not None:
             self.client.forget(self.rid)
         shutil.rmtree(self.temp_dir, ignore_errors=True)

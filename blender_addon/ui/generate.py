@@ -54,13 +54,18 @@ def build_request(context: bpy.types.Context, worker_python: str = "", checkpoin
         worker_python=worker_python or prefs.python,
         device=prefs.device if settings.device == "PREFS" else settings.device.lower(), mode=prefs.mode,
         style=style, start_frame=start, controls=controls, push_to_nla=settings.push_to_nla,
-        add_sound_strip=add_strip, take_name=take_name, scene=context.scene, temp_dir=temp_dir)
+        add_sound_strip=add_strip, take_name=take_name, scene=context.scene, temp_dir=temp_dir,
+        progressive=True, keep_partial=settings.keep_partial)
 
 
 def _summary(result: GenerateResult) -> str:
     first, last = result.take.frame_range
-    return (f"{result.take.name}: {len(result.motion)} frames keyed on {first:g}..{last:g} "
-            f"({result.take.n_keys} keys, {result.generate_seconds:.1f} s)")
+    timing = f"{result.generate_seconds:.1f} s"
+    if result.first_keys_seconds is not None:
+        timing += f", first window keyed after {result.first_keys_seconds:.1f} s"
+    text = (f"{result.take.name}: {len(result.motion)} frames keyed on {first:g}..{last:g} "
+            f"({result.take.n_keys} keys, {timing})")
+    return f"cancelled; kept the finished windows: {text}" if result.partial else text
 
 
 def _redraw(context: bpy.types.Context) -> None:
@@ -89,7 +94,9 @@ class FLAMETALK_OT_generate(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return active_job() is None and context.scene is not None
+        from .live import active_session  # Live drives the head: no Generate meanwhile
+
+        return active_job() is None and active_session() is None and context.scene is not None
 
     # ---- blocking ----
     def execute(self, context: bpy.types.Context) -> set[str]:
@@ -122,6 +129,7 @@ class FLAMETALK_OT_generate(bpy.types.Operator):
         self._job = _ACTIVE["job"] = job
         state = context.window_manager.flametalk
         state.running, state.progress, state.status = True, 0.0, "Starting the worker..."
+        state.first_keys = -1.0
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.modal_handler_add(self)
@@ -140,6 +148,8 @@ class FLAMETALK_OT_generate(bpy.types.Operator):
             if not job.poll():
                 state = context.window_manager.flametalk
                 state.progress, state.status = job.fraction, job.stage.capitalize()
+                if job.first_keys_seconds is not None:
+                    state.first_keys = job.first_keys_seconds
                 context.window_manager.progress_update(int(100 * job.fraction))
                 _redraw(context)
                 return {"PASS_THROUGH"}
@@ -177,13 +187,15 @@ class FLAMETALK_OT_generate(bpy.types.Operator):
         return {"CANCELLED"}
 
     def _succeeded(self, result: GenerateResult) -> None:
+        if result.first_keys_seconds is not None:
+            bpy.context.window_manager.flametalk.first_keys = result.first_keys_seconds
         for warning in result.warnings:
             self.report({"WARNING"}, warning)
         self.report({"INFO"}, _summary(result))
 
 
 class FLAMETALK_OT_cancel(bpy.types.Operator):
-    """Stop the running generation (nothing is keyed)"""
+    """Stop the running generation (nothing is kept, unless "Keep finished windows on cancel" is on)"""
 
     bl_idname = "flametalk.cancel"
     bl_label = "Cancel"
@@ -202,7 +214,10 @@ class FLAMETALK_OT_cancel(bpy.types.Operator):
 
 
 def cancel_on_load(*_args: Any) -> None:
-    """load_pre handler: a new file is coming; the running job must not key into it."""
+    """load_pre handler: a new file is coming; the running job must not key into it (nor Live drive its head)."""
+    from .live import stop_on_load
+
+    stop_on_load()
     job = active_job()
     if job is not None:
         job.cancel()

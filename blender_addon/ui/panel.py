@@ -9,6 +9,7 @@ import bpy
 from ..flame.contract import MOTION_FPS, STYLE_FRAMES
 from ..scene import character, compat, retarget, takes
 from ..scene.rig import find_rig
+from . import live
 from .generate import active_job
 
 
@@ -70,6 +71,10 @@ class FLAMETALK_PT_main(_FlameTalkPanel, bpy.types.Panel):
             row.operator("flametalk.cancel", text="", icon="CANCEL")
         else:
             row.operator("flametalk.generate", icon="PLAY_SOUND")
+        layout.prop(settings, "keep_partial")  # progressive takes (ui/generate.py) and Live (ui/live.py)
+        if state.first_keys >= 0:
+            layout.label(text=f"First window keyed after {state.first_keys:.1f} s", icon="TIME")
+        live.draw_live(layout, context)
 
 
 class FLAMETALK_PT_controls(_FlameTalkPanel, bpy.types.Panel):

@@ -14,6 +14,10 @@ AUDIO_ITEMS = [
     ("FILE", "File", "An audio file (a sound strip is added at the start frame)"),
     ("STRIP", "Sound Strip", "A sound strip already in the sequencer (keys start where the strip starts)"),
 ]
+LIVE_ITEMS = [
+    ("MIC", "Microphone", "An audio input device (sounddevice in the worker's runtime)"),
+    ("FILE", "File", "An audio file played in real time, standing in for a microphone"),
+]
 STYLE_ITEMS = [
     ("NONE", "None", "The model's neutral speaking style"),
     ("RELEASE", "Release Clip", "A style clip downloaded with the model (asset cache)"),
@@ -61,12 +65,28 @@ class FLAMETALK_PG_settings(bpy.types.PropertyGroup):
                                      description="Largest rotation change (about, in degrees) from simplifying")
     push_to_nla: BoolProperty(name="Push to NLA", default=False,
                               description="Put each take on its own NLA track instead of leaving it active")
+    keep_partial: BoolProperty(name="Keep finished windows on cancel", default=False,
+                               description="Cancel keeps the 4-s windows already keyed as a shorter take "
+                                           "(off: Cancel leaves the scene as it was)")
+    live_source: EnumProperty(name="Live Input", items=LIVE_ITEMS, default="MIC")
+    live_device: StringProperty(name="Input Device", default="",
+                                description="Audio input for Live: a device index or name (empty: the system's "
+                                            "default input; `python -m sounddevice` lists them)")
+    live_file: StringProperty(name="Live File", subtype="FILE_PATH", default="",
+                              description="An audio file played in real time instead of a microphone")
 
 
 class FLAMETALK_PG_state(bpy.types.PropertyGroup):
     running: BoolProperty(default=False)
     progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     status: StringProperty(default="")
+    first_keys: FloatProperty(default=-1.0, description="Seconds from Generate to the first keyed window of the "
+                                                        "last progressive take (-1: none yet)")
+    live_running: BoolProperty(default=False)
+    live_status: StringProperty(default="")
+    live_latency: FloatProperty(default=-1.0, description="Live: seconds from a moment's capture to its frame on "
+                                                          "the head (the frame shown now; -1: none yet)")
+    live_frames: IntProperty(default=0, description="Live: motion frames received")
 
 
 CLASSES: tuple[type, ...] = (FLAMETALK_PG_settings, FLAMETALK_PG_state)

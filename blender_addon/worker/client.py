@@ -37,9 +37,10 @@ SILENCE_TIMEOUT_S = 60.0  # no answer at all this long after that ping: the work
 class WorkerError(Exception):
     """A failure the user should read: bad input, missing torch, a crashed worker, a cancel."""
 
-    def __init__(self, message: str, kind: str = "internal"):
+    def __init__(self, message: str, kind: str = "internal", event: dict[str, Any] | None = None):
         super().__init__(message)
         self.kind = kind
+        self.event = event or {}  # the worker's error event (a cancelled progressive job's "kept", ...)
 
 
 class WorkerClient:
@@ -172,6 +173,15 @@ class WorkerClient:
     def cancel(self, rid: int) -> None:
         self._notify("cancel", target=rid)
 
+    def stop_live(self, rid: int) -> None:
+        """End a live request's capture: the worker sends the rest of its frames and its result."""
+        self._notify("stop", target=rid)
+
+    def features(self) -> list[str]:
+        """What the running worker's hello offers beyond the base protocol ("progressive", "live", ...)."""
+        features = (self.hello or {}).get("features") or []
+        return [str(f) for f in features] if isinstance(features, list) else []
+
     def spare_cores(self, cores: int) -> None:
         """Tell a running worker how many CPU threads to leave to this process from now on (it applies it between
         4-s windows). No answer; nothing happens without a worker."""
@@ -201,8 +211,11 @@ class WorkerClient:
             elif event.get("id") in self._pending:
                 self._pending[event["id"]][1].append(event)
 
-    def poll(self, rid: int) -> tuple[str, dict[str, Any] | None]:
-        """Non-blocking. ('progress', event) / ('result', event) / ('running', None); raises WorkerError."""
+    def poll(self, rid: int,
+             on_event: Callable[[dict[str, Any]], Any] | None = None) -> tuple[str, dict[str, Any] | None]:
+        """Non-blocking. ('progress', event) / ('result', event) / ('running', None); raises WorkerError.
+        Several events may have come since the last poll: the latest is returned, and `on_event` (if given) sees
+        every one of them, in order, before the result or error (progressive "frames" events must not be lost)."""
         self._route()
         if rid not in self._pending:
             raise WorkerError(f"request {rid} is not pending (finished or forgotten)", "internal")
@@ -211,12 +224,14 @@ class WorkerClient:
         while inbox:
             event = inbox.pop(0)
             kind = event.get("event")
+            if on_event is not None and kind not in ("result", "error", "fatal"):
+                on_event(event)
             if kind == "result":
                 self.forget(rid)
                 return "result", event
             if kind in ("error", "fatal"):
                 self.forget(rid)
-                raise WorkerError(str(event.get("message")), str(event.get("kind", "internal")))
+                raise WorkerError(str(event.get("message")), str(event.get("kind", "internal")), event)
             latest = event
         if sent_to is not self.proc:  # its worker died (and maybe another started since)
             self.forget(rid)

@@ -18,7 +18,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -143,15 +143,22 @@ def warm_up(model: Any) -> float:
 
 
 def run_live(model: Any, source: Any, style: Any = None, postprocess: bool = True, seconds: float | None = None,
-             as_json: bool = False, out: Any = sys.stdout) -> tuple[np.ndarray, np.ndarray, LatencyLog]:
-    """Capture -> Streamer -> a line per batch of frames. Returns (motion, captured 16-kHz audio, latency log)."""
+             as_json: bool = False, out: Any = sys.stdout, stop: threading.Event | None = None,
+             on_frames: Callable[[int, np.ndarray, np.ndarray, bool], Any] | None = None,
+             on_start: Callable[[], Any] | None = None) -> tuple[np.ndarray, np.ndarray, LatencyLog]:
+    """Capture -> Streamer -> a line per batch of frames (`out`; None: no lines). Returns (motion, captured 16-kHz
+    audio, latency log). `stop` (set from another thread) ends the capture like Ctrl+C; `on_frames(start, frames,
+    latency per frame, final)` gets every non-empty batch (the worker's `live` command sends them to the add-on);
+    `on_start()` runs once the model is warm, just before capture starts."""
     from ..decode.streaming import Streamer
     from ..io.audio import load_audio_array
 
     warm_up(model)
     streamer = Streamer(model, style=style, rate=source.rate, postprocess=postprocess)
     log = LatencyLog(source.rate)
-    stop = threading.Event()
+    stop = stop if stop is not None else threading.Event()
+    if on_start is not None:
+        on_start()
     captured: list[np.ndarray] = []
     motion: list[np.ndarray] = []
     t_start = time.perf_counter()
@@ -162,6 +169,10 @@ def run_live(model: Any, source: Any, style: Any = None, postprocess: bool = Tru
         if not frames.shape[0]:
             return
         lat = log.emitted(start, start + frames.shape[0], time.perf_counter())
+        if on_frames is not None:
+            on_frames(start, frames, lat, final)
+        if out is None:
+            return
         if as_json:
             print(json.dumps({"start": start, "stop": start + frames.shape[0], "latency_first_s": round(lat[0], 3),
                               "latency_last_s": round(lat[-1], 3), "final": final,

@@ -43,6 +43,24 @@ Requests (each has an "id" the answers repeat):
      its many small systems, and it leaves the other cores to Blender).
   -> {"id": 7, "cmd": "fit", "flame": ..., "character": ..., "fit_out": "fit.npz", "init": null, ...}
   <- {"event": "result", "id": 7, "fit_out": "fit.npz", "fit": {...}, "seconds": {"load", "fit", "total"}}
+  Live ("features" lists "live"): motion from an audio input as it is captured (commands/live.py's capture and
+  decode/streaming.py's Streamer, the same motion as generate on the captured audio):
+  -> {"id": 8, "cmd": "live", "checkpoint": ..., "device": "auto", "mode": "exact", "style": null, "style_start": 0,
+      "postprocess": true, "input": null | "3" | "device name" (sounddevice; null: the system's input),
+      "wav": null | "speech.wav" (a file played in real time instead of an input: the same path after the capture),
+      "speed": 1.0 (wav playback speed; 0: as fast as it is read), "rate": null | Hz (input capture rate),
+      "seconds": null | a limit, "audio_out": null | "captured.wav" (the captured audio, 16 kHz 16-bit mono),
+      "out": null | "take.npz"}
+  <- {"event": "live", "id": 8, "rate": 48000.0, "warmup_s": 0.4}   (the model is warm; capture starts now)
+  <- {"event": "frames", "id": 8, "start": 0, "stop": 96, "final": false, "t": 4.9, "latency": [4.6, 0.8],
+      "motion": "<base64>"}   (as for progressive takes; "latency": seconds from the capture of the first and the
+      last frame's moment to this event)
+  -> {"id": 9, "cmd": "stop", "target": 8}     ends the capture (so does the end of "wav" or "seconds"): the held-back
+     frames follow, "audio_out" / "out" are written, then
+  <- {"event": "result", "id": 8, "frames": 230, "samples": 147200, "audio_out": path | null, "out": path | null,
+      "latency": {"min": 0.8, "median": 2.7, "max": 4.6}, "seconds": 12.3}
+     A cancel instead ends it with the cancelled error and writes nothing; without sounddevice/PortAudio "input"
+     fails with one input error (use "wav").
   -> {"id": 2, "cmd": "cancel", "target": 1}    (answered by the cancelled job's error event)
   -> {"id": 3, "cmd": "ping"}                   <- {"event": "pong", "id": 3, "loaded": "DIR|null"}
   -> {"id": 4, "cmd": "shutdown"}               <- {"event": "bye", "id": 4}
@@ -90,7 +108,8 @@ MAX_TEXT_CHARS = 32_768  # a path (Windows long paths are at most 32,767 charact
 MAX_STYLE_START = 10**9
 MAX_SPARE_CORES = 4096
 EXIT_GRACE_S = 5.0  # after stdin closes: time a running job gets to notice the cancel before the process exits
-COMMANDS = ("generate", "load", "retarget", "fit", "cancel", "spare_cores", "ping", "shutdown")
+COMMANDS = ("generate", "load", "retarget", "fit", "live", "cancel", "stop", "spare_cores", "ping", "shutdown")
+MAX_LIVE_SPEED = 1000.0
 SOLVE_OPTIONS = ("l2", "l1", "symmetry", "smooth")  # flametalk.retarget.SolveOptions' weights (non-negative)
 MAX_SWEEPS = 100
 MAX_KEY_NAMES = 1_000
@@ -188,19 +207,22 @@ def parse_request(raw: bytes | str) -> dict[str, Any]:
     if not isinstance(cmd, str) or cmd not in COMMANDS:
         raise BadRequest(f"unknown command {_show(cmd)}; use one of {', '.join(COMMANDS)}", rid)
     out: dict[str, Any] = {"id": rid, "cmd": cmd}
-    if cmd in ("generate", "load"):
+    if cmd in ("generate", "load", "live"):
         out["checkpoint"] = _text(req, "checkpoint", rid)
         out["device"] = _text(req, "device", rid, default="auto")
         out["mode"] = _text(req, "mode", rid, default="exact")
         if out["mode"] not in MODES:
             raise BadRequest(f"{cmd}: 'mode' must be one of {', '.join(MODES)}, got {_show(out['mode'])}", rid)
+    if cmd == "live":
+        _parse_live(req, out, rid)
     if cmd == "generate":
         out["audio"] = _text(req, "audio", rid, required=True)
         out["out"] = _text(req, "out", rid, required=True)
+    if cmd in ("generate", "live"):
         style = req.get("style")
         if isinstance(style, dict):
             if set(style) != {"motion_npy"}:
-                raise BadRequest("generate: a 'style' object must be {\"motion_npy\": path}", rid)
+                raise BadRequest(f"{cmd}: a 'style' object must be {{\"motion_npy\": path}}", rid)
             style = style["motion_npy"]
             out["style"] = _text({"cmd": cmd, "style": style}, "style", rid, required=True)
         else:
@@ -208,8 +230,9 @@ def parse_request(raw: bytes | str) -> dict[str, Any]:
         out["style_start"] = _whole(req, "style_start", rid, 0, MAX_STYLE_START)
         postprocess = req.get("postprocess", True)
         if not isinstance(postprocess, bool):
-            raise BadRequest(f"generate: 'postprocess' must be true or false, got {_show(postprocess)}", rid)
+            raise BadRequest(f"{cmd}: 'postprocess' must be true or false, got {_show(postprocess)}", rid)
         out["postprocess"] = postprocess
+    if cmd == "generate":
         for flag in ("progressive", "keep_partial"):  # kept only when given: old requests parse as before
             if flag in req:
                 if not isinstance(req[flag], bool):
@@ -217,10 +240,10 @@ def parse_request(raw: bytes | str) -> dict[str, Any]:
                 out[flag] = req[flag]
     elif cmd in ("retarget", "fit"):
         _parse_retarget(req, out, rid)
-    elif cmd == "cancel":
+    elif cmd in ("cancel", "stop"):
         target = req.get("target")
         if not _valid_id(target):
-            raise BadRequest(f"cancel: 'target' must be a request id (an integer, a string or null), got "
+            raise BadRequest(f"{cmd}: 'target' must be a request id (an integer, a string or null), got "
                              f"{_show(target)}", rid)
         out["target"] = target
     elif cmd == "spare_cores":
@@ -230,6 +253,18 @@ def parse_request(raw: bytes | str) -> dict[str, Any]:
                              f"got {_show(cores)}", rid)
         out["cores"] = cores
     return out
+
+
+def _parse_live(req: dict[str, Any], out: dict[str, Any], rid: Any) -> None:
+    """The fields of `live` (see the module docstring) besides the model's and the style's."""
+    out["input"] = _text(req, "input", rid)
+    out["wav"] = _text(req, "wav", rid)
+    out["audio_out"] = _text(req, "audio_out", rid)
+    out["out"] = _text(req, "out", rid)
+    out["speed"] = _number(req.get("speed", 1.0), "live: 'speed'", rid, 0.0, MAX_LIVE_SPEED)
+    for key, low, high in (("rate", 1000.0, 768_000.0), ("seconds", 0.0, 1e6)):
+        value = req.get(key)
+        out[key] = None if value is None else _number(value, f"live: {key!r}", rid, low, high)
 
 
 def _number(value: Any, what: str, rid: Any, low: float = 0.0, high: float = 1e6) -> float:
@@ -300,6 +335,7 @@ class Worker:
         self.spare_cores = 0  # threads left to the client (set by its spare_cores command)
         self.shutting_down = False  # a shutdown request was read: later jobs are refused
         self.stdin_closed = threading.Event()
+        self.live_stops: dict[Any, threading.Event] = {}  # live job id -> its stop flag (stop, cancel, stdin closed)
 
     def send(self, **event: Any) -> None:
         with self.lock:
@@ -344,6 +380,9 @@ class Worker:
         cmd, rid = req["cmd"], req["id"]
         if cmd == "cancel":
             self.cancelled.add(req["target"])
+            self._stop_live(req["target"])
+        elif cmd == "stop":
+            self._stop_live(req["target"])
         elif cmd == "spare_cores":
             self.spare_cores = req["cores"]
         elif cmd == "ping":
@@ -355,9 +394,19 @@ class Worker:
             if cmd == "shutdown":
                 self.shutting_down = True
 
+    def _stop_live(self, target: Any) -> None:
+        """A stop (or cancel) for a live job, running or still queued: its capture ends at the next block."""
+        with self.lock:
+            flag = self.live_stops.setdefault(target, threading.Event())
+        flag.set()
+
     def close_input(self) -> None:
         """stdin closed (the add-on went away): cancel the running job, drop the queued ones, stop the job loop."""
         self.stdin_closed.set()
+        with self.lock:
+            flags = list(self.live_stops.values())
+        for flag in flags:
+            flag.set()
         self.jobs.put(None)
 
     # ---- job loop (main thread) ----
@@ -375,6 +424,8 @@ class Worker:
                     self.generate(req)
                 elif cmd in ("retarget", "fit"):
                     self.retarget(req)
+                elif cmd == "live":
+                    self.live(req)
                 elif cmd == "load":
                     self.ensure_model(req)
                     self.send(event="loaded", id=rid)
@@ -390,6 +441,8 @@ class Worker:
                 self.send(event="error", id=rid, kind="internal", message=f"{type(err).__name__}: {err}")
             finally:
                 self.cancelled.discard(rid)
+                with self.lock:
+                    self.live_stops.pop(rid, None)
 
     def ensure_model(self, req: dict[str, Any]):
         from ..assets.store import default_checkpoint_dir
@@ -461,6 +514,58 @@ class Worker:
         self.send(event="result", id=rid, out=str(out), frames=int(motion.shape[0]),
                   seconds=round(time.perf_counter() - t0, 3), audio_cached=self.condition_cache.last_hit,
                   plan=model._plan.as_dict())
+
+    def live(self, req: dict[str, Any]) -> None:
+        """The `live` command: commands/live.py's capture + Streamer, each batch of final frames sent at once."""
+        import base64
+
+        import numpy as np
+
+        from ..io.style import load_style
+        from . import live as live_cmd
+
+        rid = req.get("id")
+        t0 = time.perf_counter()
+        with self.lock:
+            stop = self.live_stops.setdefault(rid, threading.Event())
+        if rid in self.cancelled or self.stdin_closed.is_set():
+            raise Cancelled()
+        source: Any = (live_cmd.WavSource(req["wav"], req.get("speed", 1.0)) if req.get("wav")
+                       else live_cmd.device_source(req.get("input"), req.get("rate")))
+        style, style_name = load_style(req.get("style"), start_frame=int(req.get("style_start", 0)))
+        model = self.ensure_model(req)
+        self.use_threads()
+
+        def started() -> None:
+            self.send(event="live", id=rid, rate=float(source.rate), warmup_s=round(time.perf_counter() - t0, 3))
+
+        def frames(start: int, new: Any, latency: Any, final: bool) -> None:
+            data = base64.b64encode(np.ascontiguousarray(new, dtype="<f4").tobytes()).decode("ascii")
+            self.send(event="frames", id=rid, start=int(start), stop=int(start + new.shape[0]), final=final,
+                      t=round(time.perf_counter() - t0, 3),
+                      latency=[round(float(latency[0]), 3), round(float(latency[-1]), 3)], motion=data)
+
+        motion, audio, log = live_cmd.run_live(model, source, style=style, postprocess=req.get("postprocess", True),
+                                               seconds=req.get("seconds"), out=None, stop=stop, on_frames=frames,
+                                               on_start=started)
+        if rid in self.cancelled or self.stdin_closed.is_set():
+            raise Cancelled()
+        if req.get("audio_out"):
+            import soundfile as sf
+
+            sf.write(req["audio_out"], audio, 16_000, subtype="PCM_16")
+        if req.get("out"):
+            from ..io.motion import save_motion
+
+            save_motion(req["out"], motion, provenance={
+                "live": True, "style": style_name, "mode": req.get("mode", "exact"),
+                "postprocess": bool(req.get("postprocess", True)), "audio": req.get("audio_out") or req.get("wav")})
+        lat = np.asarray(log.frame_latency, dtype=np.float64)
+        summary = ({"min": round(float(lat.min()), 3), "median": round(float(np.median(lat)), 3),
+                    "max": round(float(lat.max()), 3)} if lat.size else None)
+        self.send(event="result", id=rid, frames=int(motion.shape[0]), samples=int(audio.shape[0]),
+                  audio_out=req.get("audio_out"), out=req.get("out"), latency=summary,
+                  seconds=round(time.perf_counter() - t0, 3))
 
     def retarget(self, req: dict[str, Any]) -> None:
         """The `retarget` and `fit` commands: flametalk.retarget on files (numpy + scipy; no torch, no model)."""
@@ -632,7 +737,7 @@ def main() -> int:
     worker.default_threads = torch.get_num_threads()
     worker.send(event="hello", protocol=PROTOCOL_VERSION, flametalk=__version__, torch=torch.__version__,
                 python=sys.executable, devices=available_devices(), pid=os.getpid(), threads=worker.default_threads,
-                features=["progressive"])
+                features=["progressive", "live"])
 
     def read_then_exit() -> None:
         worker.read_requests(getattr(sys.stdin, "buffer", sys.stdin))  # None (no stdin) reads as closed
