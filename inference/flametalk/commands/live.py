@@ -98,7 +98,7 @@ def import_sounddevice() -> Any:
     except (ImportError, OSError) as err:  # OSError: the package is there but the PortAudio library is not
         raise FlameTalkError(f"live audio input needs sounddevice and PortAudio ({err}): "
                              "`pip install 'flametalk[stream]'` (on Linux also `apt install libportaudio2`); "
-                             "or play a file with --wav") from err
+                             "or play a file instead (--wav; in Blender: Live Input > File)") from err
     return sounddevice
 
 
