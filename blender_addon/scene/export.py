@@ -16,6 +16,7 @@ NLA off, the take's frame range.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,41 +64,57 @@ def _take_actions(rig: FlameRig, take: str | None) -> tuple[bpy.types.Action, bp
 
 
 @contextmanager
-def take_for_export(rig: FlameRig, take: str | None = None, fit_range: bool = False) -> Iterator[tuple[float, float]]:
-    """Make `take` (default: the active one) the only animation and select just the head + armature."""
-    bones, shapes = _take_actions(rig, take)
-    scene = bpy.context.scene
-    view_layer = bpy.context.view_layer
-    saved_active = [(owner, _active(owner)) for owner in (rig.armature, rig.key)]
-    saved_selection = [obj for obj in view_layer.objects if obj.select_get()]
+def _only_animation(owners: list[tuple[bpy.types.ID, bpy.types.Action | None]], selected: list[bpy.types.Object],
+                    active: bpy.types.Object, frames: tuple[float, float],
+                    fit_range: bool) -> Iterator[tuple[float, float]]:
+    """Each owner's action made the active one (None: its action taken off, so another take does not ride along),
+    NLA evaluation off, only `selected` selected with `active` active, the scene range `frames` rounded out when
+    `fit_range`; the active actions and slots, NLA switches, selection, active object, range and current frame are
+    put back afterwards, also when the export fails."""
+    scene, view_layer = bpy.context.scene, bpy.context.view_layer
+    saved_active = [(owner, _active(owner)) for owner, _ in owners]
+    saved_selection = [o for o in view_layer.objects if o.select_get()]
     saved_active_object = view_layer.objects.active
     saved_range = (scene.frame_start, scene.frame_end, scene.frame_current)
-    first, last = bones.frame_range
+    first, last = frames
     try:
-        compat.assign_action(rig.armature, bones)
-        compat.assign_action(rig.key, shapes)
-        rig.armature.animation_data.use_nla = False
-        rig.key.animation_data.use_nla = False
-        for obj in saved_selection:
-            obj.select_set(False)
-        for obj in (rig.armature, rig.mesh):
-            obj.select_set(True)
-        view_layer.objects.active = rig.armature
+        for owner, action in owners:
+            if action is not None:
+                compat.assign_action(owner, action)
+            elif owner.animation_data is not None:
+                owner.animation_data.action = None
+            if owner.animation_data is not None:
+                owner.animation_data.use_nla = False
+        for o in saved_selection:
+            o.select_set(False)
+        for o in selected:
+            o.select_set(True)
+        view_layer.objects.active = active
         if fit_range:
-            scene.frame_start, scene.frame_end = math.floor(first), math.ceil(last - 1e-6)
+            scene.frame_start, scene.frame_end = math.floor(first), max(math.floor(first), math.ceil(last - 1e-6))
         yield float(first), float(last)
     finally:
         for owner, (action, slot, use_nla) in saved_active:
             adt = owner.animation_data
+            if adt is None:
+                continue
             adt.action = action
             if slot is not None and action is not None:
                 adt.action_slot = slot
             adt.use_nla = use_nla
-        for obj in view_layer.objects:
-            obj.select_set(obj in saved_selection)
+        for o in view_layer.objects:
+            o.select_set(o in saved_selection)
         view_layer.objects.active = saved_active_object
         scene.frame_start, scene.frame_end = saved_range[:2]
         scene.frame_set(saved_range[2])
+
+
+def take_for_export(rig: FlameRig, take: str | None = None,
+                    fit_range: bool = False) -> contextlib.AbstractContextManager[tuple[float, float]]:
+    """Make `take` (default: the active one) the only animation and select just the head + armature."""
+    bones, shapes = _take_actions(rig, take)
+    return _only_animation([(rig.armature, bones), (rig.key, shapes)], [rig.armature, rig.mesh], rig.armature,
+                           tuple(bones.frame_range), fit_range)
 
 
 @contextmanager
@@ -149,9 +166,8 @@ def _character_take(obj: bpy.types.Object, take: str | None) -> tuple[str, dict[
     return name, actions
 
 
-@contextmanager
 def character_take_for_export(obj: bpy.types.Object, take: str | None = None,
-                              fit_range: bool = True) -> Iterator[tuple[float, float]]:
+                              fit_range: bool = True) -> contextlib.AbstractContextManager[tuple[float, float]]:
     """Make the character take `take` (default: the one active on `obj`) the only animation of the mesh, its
     armature and the object, and select just the mesh + armature; the scene range is the take's when
     `fit_range`. Everything is put back afterwards."""
@@ -162,43 +178,8 @@ def character_take_for_export(obj: bpy.types.Object, take: str | None = None,
     if arm is not None:
         owners.append((arm, actions.get("character_bones")))
     owners.append((obj, actions.get("character_object")))
-    scene, view_layer = bpy.context.scene, bpy.context.view_layer
-    saved_active = [(owner, _active(owner)) for owner, _ in owners]
-    saved_selection = [o for o in view_layer.objects if o.select_get()]
-    saved_active_object = view_layer.objects.active
-    saved_range = (scene.frame_start, scene.frame_end, scene.frame_current)
-    first, last = actions["character_shapes"].frame_range
-    try:
-        for owner, action in owners:
-            if action is not None:
-                compat.assign_action(owner, action)
-            elif owner.animation_data is not None:
-                owner.animation_data.action = None  # another take's bones/rotation must not ride along
-            if owner.animation_data is not None:
-                owner.animation_data.use_nla = False
-        for o in saved_selection:
-            o.select_set(False)
-        for o in (obj, arm):
-            if o is not None:
-                o.select_set(True)
-        view_layer.objects.active = obj
-        if fit_range:
-            scene.frame_start, scene.frame_end = math.floor(first), max(math.floor(first), math.ceil(last - 1e-6))
-        yield float(first), float(last)
-    finally:
-        for owner, (action, slot, use_nla) in saved_active:
-            adt = owner.animation_data
-            if adt is None:
-                continue
-            adt.action = action
-            if slot is not None and action is not None:
-                adt.action_slot = slot
-            adt.use_nla = use_nla
-        for o in view_layer.objects:
-            o.select_set(o in saved_selection)
-        view_layer.objects.active = saved_active_object
-        scene.frame_start, scene.frame_end = saved_range[:2]
-        scene.frame_set(saved_range[2])
+    selected = [o for o in (obj, arm) if o is not None]
+    return _only_animation(owners, selected, obj, tuple(actions["character_shapes"].frame_range), fit_range)
 
 
 def export_character(obj: bpy.types.Object, filepath: str, take: str | None = None, atomic: bool = True,

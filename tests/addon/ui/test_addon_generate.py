@@ -17,7 +17,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from fixtures.addon import ROOT, curves_by_path, keys, scene_state, set_scene_fps, write_wav  # noqa: E402
+from fixtures.addon import ROOT, curves_by_path, enabled_addon, keys, scene_state, set_scene_fps, write_wav  # noqa: E402
 from fixtures.common import AUDIO_DIR  # noqa: E402
 from fixtures.report import record  # noqa: E402
 from fixtures.synthetic_head import make_head_arrays  # noqa: E402
@@ -38,22 +38,9 @@ SIZE = 256  # preview pixels
 
 @pytest.fixture(scope="module")
 def addon(parity_checkpoint_dir: Path):
-    import addon_utils
-
-    addon_utils.enable("blender_addon", default_set=True)
-    prefs = bpy.context.preferences.addons["blender_addon"].preferences
-    prefs.worker_python = sys.executable  # the venv has torch + flametalk
-    prefs.checkpoint_dir = str(parity_checkpoint_dir)
-    prefs.device = "CPU"
     record(TIMINGS, "environment threads", str(os.cpu_count()))
-    yield prefs
-    addon_utils.disable("blender_addon", default_set=True)
-    worker_client.stop_all()
-
-
-@pytest.fixture(scope="module")
-def head_model():
-    return synthetic.model_from_arrays(make_head_arrays())
+    with enabled_addon(parity_checkpoint_dir) as prefs:
+        yield prefs
 
 
 @pytest.fixture(scope="module")

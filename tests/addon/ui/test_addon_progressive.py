@@ -14,11 +14,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-import soundfile as sf  # noqa: E402
 from fixtures.addon import curves_by_path, keys, scene_state, set_scene_fps, write_wav  # noqa: E402
 from fixtures.report import record  # noqa: E402
-from fixtures.synthetic_head import make_head_arrays  # noqa: E402
-from flametalk.testing import synthetic_flame as synthetic  # noqa: E402
 
 from blender_addon.scene import compat, rig, takes  # noqa: E402
 from blender_addon.scene import job as generate  # noqa: E402
@@ -26,33 +23,6 @@ from blender_addon.ui import generate as operators_generate  # noqa: E402
 from blender_addon.worker import client as worker_client  # noqa: E402
 
 SECTION = "progressive takes in Blender (reduced model, warm worker)"
-
-
-@pytest.fixture(scope="module")
-def addon(parity_checkpoint_dir: Path):
-    import addon_utils
-
-    addon_utils.enable("blender_addon", default_set=True)
-    prefs = bpy.context.preferences.addons["blender_addon"].preferences
-    prefs.worker_python = sys.executable
-    prefs.checkpoint_dir = str(parity_checkpoint_dir)
-    prefs.device = "CPU"
-    yield prefs
-    addon_utils.disable("blender_addon", default_set=True)
-    worker_client.stop_all()
-
-
-@pytest.fixture(scope="module")
-def head_model():
-    return synthetic.model_from_arrays(make_head_arrays())
-
-
-@pytest.fixture(scope="module")
-def speech(parity_vector, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The parity speech, 9.2 s: three 4-s windows (the last partial)."""
-    path = tmp_path_factory.mktemp("progressive") / "speech.wav"
-    sf.write(path, parity_vector["inputs"]["audio_16k"][0].float().numpy(), 16_000, subtype="PCM_16")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ report with the scene unchanged, and the panel draws."""
 
 from __future__ import annotations
 
-import sys
 import types
 from pathlib import Path
 
@@ -13,29 +12,20 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from fixtures.addon import scene_state  # noqa: E402
+from fixtures.addon import enabled_addon, scene_state  # noqa: E402
 from fixtures.common import AUDIO_DIR  # noqa: E402
 from fixtures.gltf import ICT_FACE  # noqa: E402
 from fixtures.ict_flame import expr_keys, ict_flame, smooth_weights, write_ict_flame  # noqa: E402
 
 from blender_addon.scene import character, compat, retarget, rig  # noqa: E402
 from blender_addon.scene import job as generate  # noqa: E402
-from blender_addon.worker import client as worker_client  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def addon(parity_checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    import addon_utils
-
-    addon_utils.enable("blender_addon", default_set=True)
-    prefs = bpy.context.preferences.addons["blender_addon"].preferences
-    prefs.worker_python = sys.executable
-    prefs.checkpoint_dir = str(parity_checkpoint_dir)
-    prefs.device = "CPU"
     folder = tmp_path_factory.mktemp("character_ui")
-    yield {"flame": write_ict_flame(folder / "ict_flame.npz", expr_keys())}
-    addon_utils.disable("blender_addon", default_set=True)
-    worker_client.stop_all()
+    with enabled_addon(parity_checkpoint_dir):
+        yield {"flame": write_ict_flame(folder / "ict_flame.npz", expr_keys())}
 
 
 def _scene(addon: dict) -> bpy.types.Object:
