@@ -36,3 +36,11 @@ def speech(parity_vector: dict, tmp_path_factory: pytest.TempPathFactory) -> Pat
     path = tmp_path_factory.mktemp("speech") / "speech.wav"
     sf.write(path, parity_vector["inputs"]["audio_16k"][0].float().numpy(), 16_000, subtype="FLOAT")
     return path
+
+
+@pytest.fixture(scope="module")
+def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 minutes of quiet noise (a job long enough to cancel in the middle)."""
+    from fixtures.addon import write_wav
+
+    return write_wav(tmp_path_factory.mktemp("long") / "long.wav", 600.0)

@@ -17,7 +17,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from fixtures.addon import ROOT, curves_by_path, enabled_addon, keys, scene_state, set_scene_fps, write_wav  # noqa: E402
+from fixtures.addon import ROOT, curves_by_path, enabled_addon, keys, scene_state, set_scene_fps  # noqa: E402
 from fixtures.common import AUDIO_DIR  # noqa: E402
 from fixtures.report import record  # noqa: E402
 from fixtures.synthetic_head import make_head_arrays  # noqa: E402
@@ -54,11 +54,6 @@ def raw_eng2(addon, parity_checkpoint_dir: Path, tmp_path_factory: pytest.TempPa
     record(TIMINGS, "cold worker: start + load + eng2", f"{time.perf_counter() - t0:.3f}")
     with np.load(out) as npz:
         return npz["motion"]
-
-
-@pytest.fixture(scope="module")
-def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_wav(tmp_path_factory.mktemp("long") / "long.wav", 600.0)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 import time
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,11 +22,6 @@ from blender_addon.ui import generate as operators_generate  # noqa: E402
 from blender_addon.worker import client as worker_client  # noqa: E402
 
 SECTION = "progressive takes in Blender (reduced model, warm worker)"
-
-
-@pytest.fixture(scope="module")
-def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_wav(tmp_path_factory.mktemp("long") / "long.wav", 600.0)
 
 
 @pytest.fixture(autouse=True)
