@@ -311,7 +311,9 @@ def key_character_take(obj: bpy.types.Object, result: dict[str, Any], name: str 
 
 def assign_character_take(obj: bpy.types.Object, name: str) -> None:
     """Make the character take `name` active (shapes on the Key, bones on the armature, rotation on the object).
-    Another character take's bones or rotation left active are cleared when this take has none."""
+    Another character take's bones or rotation left active are cleared when this take has none, and what they
+    moved goes back to rest: the bones they keyed to their rest pose, the object to the rest matrix recorded on
+    that take (otherwise the last evaluated pose of the old take would stay on the character)."""
     actions = character_take_actions(name)
     if "character_shapes" not in actions:
         raise CharacterError(f"no character take named '{name}'")
@@ -324,7 +326,23 @@ def assign_character_take(obj: bpy.types.Object, name: str) -> None:
             compat.assign_action(owner, actions[role])
         elif owner.animation_data is not None and owner.animation_data.action is not None \
                 and owner.animation_data.action.get(ROLE_PROP) == role:
+            old = owner.animation_data.action
             owner.animation_data.action = None
+            _back_to_rest(owner, old)
+
+
+def _back_to_rest(owner: bpy.types.Object, action: bpy.types.Action) -> None:
+    """Undo what a character take's bone or object action left on `owner` once the action is taken off."""
+    import mathutils
+
+    if action.get(ROLE_PROP) == "character_object":
+        if REST_PROP in action:
+            owner.matrix_basis = mathutils.Matrix(np.array(list(action[REST_PROP]), np.float64).reshape(4, 4).tolist())
+        return
+    for fcurve in compat.iter_action_fcurves(action):
+        bone_path, _, _ = fcurve.data_path.rpartition(".")
+        if bone_path.startswith("pose.bones["):
+            owner.path_resolve(bone_path).matrix_basis = mathutils.Matrix.Identity(4)
 
 
 def export_character(obj: bpy.types.Object, take: CharacterTake, filepath: str) -> None:

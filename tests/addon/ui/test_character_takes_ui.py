@@ -139,8 +139,29 @@ def test_one_takes_list_and_switching() -> None:
     assert bpy.ops.flametalk.character_use_take(take="line2_Hero") == {"FINISHED"}
     np.testing.assert_allclose(_values(obj, frames), second["weights"], atol=1e-6)
     assert arm.animation_data.action is None  # take 2 drives no bone: take 1's jaw does not linger
+    bpy.context.scene.frame_set(5)
+    assert arm.pose.bones["jaw"].rotation_quaternion.angle == 0.0  # ...nor its last pose
     with pytest.raises(RuntimeError, match="no character take named"):
         bpy.ops.flametalk.character_use_take(take="nope")
+
+
+def test_switching_from_a_take_that_turns_the_object_puts_it_back_at_rest() -> None:
+    obj = _character()
+    scene = bpy.context.scene
+    obj.location, obj.rotation_euler = (0.3, -0.2, 0.1), (0.0, 0.0, 0.4)
+    rest = np.array(obj.matrix_basis)
+    turning = _result(4, jaw=False)
+    turning["head_rotation"][:, 0] = np.linspace(0.0, 0.5, FRAMES)  # nods up to 0.5 rad
+    retarget.key_character_take(obj, turning, "nod_Hero", scene, start_frame=1, head_to_object=True)
+    retarget.key_character_take(obj, _result(5, jaw=False), "still_Hero", scene, start_frame=1,
+                                head_to_object=False)
+    assert bpy.ops.flametalk.character_use_take(take="nod_Hero") == {"FINISHED"}
+    scene.frame_set(FRAMES)
+    assert np.abs(np.array(obj.matrix_basis) - rest).max() > 0.1  # the take turns the object
+    assert bpy.ops.flametalk.character_use_take(take="still_Hero") == {"FINISHED"}
+    scene.frame_set(2)
+    assert obj.animation_data.action is None
+    np.testing.assert_allclose(np.array(obj.matrix_basis), rest, atol=1e-6)  # not the nod's last pose
 
 
 def _reimported(path: Path, kind: str) -> tuple[bpy.types.Object, bpy.types.Object | None]:
