@@ -192,6 +192,25 @@ def test_cancel_keeps_nothing_by_default(addon, head_model, long_audio):
     assert worker_client.get_client(sys.executable).alive
 
 
+def test_a_worker_crash_after_the_first_window_removes_its_keys(addon, head_model, long_audio):
+    """The preview keys of a job whose worker dies are undone like a cancel's: one error line, the scene as it was
+    (even with Keep finished windows on: only a worker that saved them can keep them)."""
+    _head(head_model)
+    settings = bpy.context.scene.flametalk
+    settings.audio_file, settings.keep_partial = str(long_audio), True
+    before = scene_state()
+    job = generate.GenerateJob(operators_generate.build_request(bpy.context))
+    op = _modal_operator(job)
+    assert _drive(op, until=lambda j: j.keyed_log) == {"PASS_THROUGH"}
+    assert job.preview_take is not None and scene_state() != before
+    job.client.proc.kill()
+    assert _drive(op, timeout=60) == {"CANCELLED"}
+    assert len(op.reports) == 1 and op.reports[0][0] == "ERROR", op.reports
+    assert "stopped unexpectedly" in op.reports[0][1] and "\n" not in op.reports[0][1]
+    assert scene_state() == before and operators_generate.active_job() is None
+    assert not any(a.name.startswith("long_take") for a in bpy.data.actions)
+
+
 def test_cancel_keeps_the_finished_windows_when_asked(addon, head_model, long_audio):
     flame_rig = _head(head_model)
     settings = bpy.context.scene.flametalk
