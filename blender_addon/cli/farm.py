@@ -236,7 +236,7 @@ def _checkpoint_files(checkpoint: str) -> dict[str, str]:
 def _prepare(line: _Line, args: argparse.Namespace, out_dir: str, work: str, flames: dict[Any, Any],
              hashes: dict[str, str]) -> None:
     """Check the line as `batch` would (one line on failure) and fill its actor spec and input key."""
-    from ..scene.job import _style_field  # the same worker fields as the batch's GenerateJob
+    from ..scene.job import style_field  # the same worker fields as the batch's GenerateJob
 
     row = line.row
     line_args = _line_args(args, row, out_dir)
@@ -251,7 +251,7 @@ def _prepare(line: _Line, args: argparse.Namespace, out_dir: str, work: str, fla
         raise flame
     prep = prepare_take(line_args, flame)
     req = prep.request
-    style, style_start = _style_field(req, "", None)
+    style, style_start = style_field(req, "", None)
     fields = {"audio": _absolute(req.audio), "checkpoint": req.checkpoint, "device": req.device,
               "mode": req.mode, "style": style, "style_start": style_start, "postprocess": True}
     files = {"audio": fields["audio"], "flame": line_args.flame, "shape": line_args.shape, "style": style,

@@ -159,7 +159,7 @@ def audio_problem(path: str) -> str | None:
     return None
 
 
-def _style_field(req: GenerateRequest, temp_dir: str, scene: bpy.types.Scene) -> tuple[str | None, int]:
+def style_field(req: GenerateRequest, temp_dir: str, scene: bpy.types.Scene) -> tuple[str | None, int]:
     """The worker's `style` / `style_start` for the request (an ACTION is sampled into a .npy first)."""
     style = req.style
     if style.kind == "RELEASE":
@@ -228,7 +228,7 @@ class GenerateJob:
     def start(self, background: bool = False) -> None:
         """Submit the request. background=True starts the worker process on a thread (importing torch takes
         seconds; the UI stays responsive) and poll() reports its failure; the thread touches no Blender data."""
-        style, style_start = _style_field(self.req, self.temp_dir, self.scene)  # reads bpy data: main thread
+        style, style_start = style_field(self.req, self.temp_dir, self.scene)  # reads bpy data: main thread
         self.client = get_client(self.req.worker_python, self.req.worker_env)
         fields: dict[str, Any] = {
             "audio": paths.absolute(self.req.audio), "out": self.out, "checkpoint": self.req.checkpoint,

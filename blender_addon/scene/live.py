@@ -33,7 +33,7 @@ from ..flame import axis_angle_to_quaternion
 from ..flame.contract import EXPR, HEAD_ROT, JAW_ROT, MOTION_DIM, MOTION_FPS
 from ..worker.client import WorkerError, get_client
 from . import compat, takes
-from .job import DEVICES, GenerateError, GenerateRequest, GenerateResult, StyleSpec, _style_field, apply_motion
+from .job import DEVICES, GenerateError, GenerateRequest, GenerateResult, StyleSpec, apply_motion, style_field
 from .rig import EXPR_KEY, FlameRig, find_rig
 
 POLL_S = 1.0 / 30.0  # timer interval while Live runs
@@ -156,7 +156,7 @@ class LiveSession:
         seconds; the UI stays responsive) and poll() reports its failure; the thread touches no Blender data."""
         style_req = GenerateRequest(rig=None, audio="", checkpoint=self.req.checkpoint, worker_python="",
                                     style=self.req.style)
-        style, style_start = _style_field(style_req, self.temp_dir, self.scene)  # reads bpy data: main thread
+        style, style_start = style_field(style_req, self.temp_dir, self.scene)  # reads bpy data: main thread
         self.client = get_client(self.req.worker_python, self.req.worker_env)
         fields = {"checkpoint": self.req.checkpoint, "device": self.req.device, "mode": self.req.mode,
                   "style": style, "style_start": style_start, "postprocess": True, "input": self.req.input,
