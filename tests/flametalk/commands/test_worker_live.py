@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fixtures import report
-from flametalk.commands.worker import BadRequest, parse_request
+from flametalk.commands.protocol import BadRequest, parse_request
 from flametalk.decode.pipeline import generate_motion
 from flametalk.decode.postprocess import postprocess_motion
 from flametalk.io.audio import load_audio

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fixtures.common import REPO
+from flametalk.commands import protocol
 from flametalk.commands import worker as worker_mod
-from flametalk.commands.worker import MAX_DEPTH, MAX_LINE_BYTES, Worker, parse_request
+from flametalk.commands.protocol import MAX_DEPTH, MAX_LINE_BYTES, parse_request
+from flametalk.commands.worker import Worker
 
 from blender_addon.worker.client import WorkerClient, WorkerError
 
@@ -113,11 +115,11 @@ def test_valid_requests_are_queued_with_their_defaults():
 def test_the_worker_modes_are_the_library_modes():
     from flametalk.fast.precision import MODES
 
-    assert worker_mod.MODES == MODES
+    assert protocol.MODES == MODES
 
 
 def test_parse_request_never_echoes_a_huge_value():
-    with pytest.raises(worker_mod.BadRequest) as info:
+    with pytest.raises(protocol.BadRequest) as info:
         parse_request('{"id":1,"cmd":"' + "c" * 10_000 + '"}')
     assert len(str(info.value)) < 200 and info.value.rid == 1
 

@@ -241,7 +241,7 @@ def _pickle_mutation(rng: np.random.Generator, data: bytes) -> tuple[bytes, str]
 
 
 def _one_line_errors() -> tuple[type, ...]:
-    from flametalk.commands.worker import BadRequest
+    from flametalk.commands.protocol import BadRequest
     from flametalk.errors import FlameTalkError
     from flametalk.flame import FlameFileError
     from flametalk.flame.motionfile import MotionFileError
@@ -360,7 +360,7 @@ REQUEST_SEEDS = [
 
 
 def _request_family(folder: Path, marker: Path) -> tuple[list, Any]:
-    from flametalk.commands.worker import parse_request
+    from flametalk.commands.protocol import parse_request
 
     def mutate(rng: np.random.Generator) -> tuple[str, bytes, str]:
         seed = REQUEST_SEEDS[int(rng.integers(0, len(REQUEST_SEEDS)))]

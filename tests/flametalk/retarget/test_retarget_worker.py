@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from fixtures.ict_flame import cached_fit, expr_keys, ict_flame, smooth_weights, write_ict_flame
-from flametalk.commands.worker import BadRequest, parse_request
+from flametalk.commands.protocol import BadRequest, parse_request
 from flametalk.flame import characterfile
 from flametalk.retarget import Fit, retarget
 
