@@ -17,7 +17,16 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from fixtures.addon import ROOT, curves_by_path, enabled_addon, keys, scene_state, set_scene_fps  # noqa: E402
+from fixtures.addon import (  # noqa: E402
+    ROOT,
+    RecordingLayout,
+    curves_by_path,
+    enabled_addon,
+    keys,
+    modal_generate_operator,
+    scene_state,
+    set_scene_fps,
+)
 from fixtures.common import AUDIO_DIR  # noqa: E402
 from fixtures.report import record  # noqa: E402
 from fixtures.synthetic_head import make_head_arrays  # noqa: E402
@@ -89,34 +98,6 @@ def test_addon_registers_without_torch() -> None:
     assert {"build_head", "generate", "cancel", "use_take", "export_fbx", "export_gltf"} <= registered, registered
 
 
-class _Layout:
-    """Records a panel's draw calls headless (Blender never draws panels there) and checks every property and
-    operator it names exists."""
-
-    def __init__(self, log: list[str]):
-        self.__dict__["log"] = log
-
-    def __setattr__(self, name: str, value: object) -> None:  # use_property_split, enabled, scale_y, ...
-        self.__dict__[name] = value
-
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: _Layout(self.log)  # row, column, box, label, separator, progress, ...
-
-    def prop(self, data, name: str, **kwargs) -> None:
-        assert name in data.bl_rna.properties, f"{data} has no property {name}"
-        self.log.append(f"prop {name}")
-
-    def prop_search(self, data, name: str, search_data, search_name: str, **kwargs) -> None:
-        assert name in data.bl_rna.properties and search_name in search_data.bl_rna.properties
-        self.log.append(f"search {name}")
-
-    def operator(self, idname: str, **kwargs) -> types.SimpleNamespace:
-        module, name = idname.split(".")
-        assert name in dir(getattr(bpy.ops, module)), f"no operator {idname}"
-        self.log.append(f"op {idname}")
-        return types.SimpleNamespace()
-
-
 def test_panels_and_preferences_draw(addon, head_model) -> None:
     from blender_addon.ui import panel, preferences
 
@@ -133,7 +114,7 @@ def test_panels_and_preferences_draw(addon, head_model) -> None:
         bpy.context.window_manager.flametalk.running = running
         for cls in panel.CLASSES:
             log: list[str] = []
-            cls.draw(types.SimpleNamespace(layout=_Layout(log)), bpy.context)
+            cls.draw(types.SimpleNamespace(layout=RecordingLayout(log)), bpy.context)
             seen += log
     bpy.context.window_manager.flametalk.running = False
     for expected in ("prop head", "prop audio_file", "search audio_strip", "prop style_release", "prop style_action",
@@ -142,7 +123,7 @@ def test_panels_and_preferences_draw(addon, head_model) -> None:
         assert expected in seen, expected
 
     class Prefs:  # the real preferences with a recording layout
-        layout = _Layout(seen)
+        layout = RecordingLayout(seen)
 
         def __getattr__(self, name: str):
             return getattr(addon, name)
@@ -188,7 +169,7 @@ def test_generate_two_takes(addon, head_model, raw_eng2: np.ndarray) -> None:
     settings.jaw_intensity, settings.expression_intensity, settings.head_intensity = 1.0, 1.0, 1.0
     settings.smoothing = 0.0
     settings.push_to_nla = True
-    op = _modal_operator(generate.GenerateJob(operators_generate.build_request(bpy.context)))  # the UI path
+    op = modal_generate_operator(generate.GenerateJob(operators_generate.build_request(bpy.context)))  # the UI path
     assert _drive(op) == {"FINISHED"}, op.reports
     assert op.reports[-1][0] == "INFO" and "eng2_take2" in op.reports[-1][1]
     assert operators_generate.active_job() is None and not bpy.context.window_manager.flametalk.running
@@ -206,18 +187,6 @@ def test_generate_two_takes(addon, head_model, raw_eng2: np.ndarray) -> None:
 class _Event:
     def __init__(self, kind: str, value: str = "NOTHING"):
         self.type, self.value = kind, value
-
-
-def _modal_operator(job: generate.GenerateJob) -> types.SimpleNamespace:
-    """Stand-in for the operator instance invoke() leaves running: modal() is called on it as Blender would
-    (headless Blender never delivers timer events, so the test delivers them)."""
-    op = types.SimpleNamespace(_job=job, _timer=None, reports=[])
-    op.report = lambda level, message: op.reports.append((sorted(level)[0], message))
-    for name in ("_end", "_failed", "_succeeded"):
-        setattr(op, name, getattr(operators_generate.FLAMETALK_OT_generate, name).__get__(op))
-    job.start(background=True)
-    operators_generate._ACTIVE["job"] = job
-    return op
 
 
 def _modal(op: types.SimpleNamespace, kind: str = "TIMER", value: str = "NOTHING") -> set[str]:
@@ -247,7 +216,7 @@ def test_cancel_leaves_the_scene_as_before(addon, head_model, long_audio: Path, 
     _head(head_model)
     bpy.context.scene.flametalk.audio_file = str(long_audio)
     before = scene_state()
-    op = _modal_operator(generate.GenerateJob(operators_generate.build_request(bpy.context)))
+    op = modal_generate_operator(generate.GenerateJob(operators_generate.build_request(bpy.context)))
     try:
         assert not bpy.ops.flametalk.generate.poll() and bpy.ops.flametalk.cancel.poll()  # one job at a time
         assert _drive(op, until_stage="generate") == {"PASS_THROUGH"}

@@ -13,7 +13,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from fixtures.addon import curves_by_path, keys, scene_state, set_scene_fps, write_wav  # noqa: E402
+from fixtures.addon import curves_by_path, keys, modal_generate_operator, scene_state, set_scene_fps, write_wav  # noqa: E402
 from fixtures.report import record  # noqa: E402
 
 from blender_addon.scene import compat, rig, takes  # noqa: E402
@@ -43,17 +43,6 @@ def _head(head_model) -> rig.FlameRig:
 class _Event:
     def __init__(self, kind: str, value: str = "NOTHING"):
         self.type, self.value = kind, value
-
-
-def _modal_operator(job: generate.GenerateJob) -> types.SimpleNamespace:
-    """The operator instance invoke() leaves running, driven as Blender would (timer events delivered by hand)."""
-    op = types.SimpleNamespace(_job=job, _timer=None, reports=[])
-    op.report = lambda level, message: op.reports.append((sorted(level)[0], message))
-    for name in ("_end", "_failed", "_succeeded"):
-        setattr(op, name, getattr(operators_generate.FLAMETALK_OT_generate, name).__get__(op))
-    job.start(background=True)
-    operators_generate._ACTIVE["job"] = job
-    return op
 
 
 def _drive(op: types.SimpleNamespace, until=None, timeout: float = 300.0) -> set[str]:
@@ -117,7 +106,7 @@ def test_each_window_is_keyed_before_the_next_and_the_take_is_the_non_progressiv
                      "actions": sorted(a.name for a in bpy.data.actions)})
 
     job.on_keyed = keyed
-    op = _modal_operator(job)
+    op = modal_generate_operator(job)
     assert _drive(op) == {"FINISHED"}, op.reports
     assert job.progressive, "the worker's hello lists 'progressive'"
     events = job.frame_events
@@ -179,7 +168,7 @@ def test_cancel_keeps_nothing_by_default(addon, head_model, long_audio):
     bpy.context.scene.flametalk.audio_file = str(long_audio)
     before = scene_state()
     job = generate.GenerateJob(operators_generate.build_request(bpy.context))
-    op = _modal_operator(job)
+    op = modal_generate_operator(job)
     assert _drive(op, until=lambda j: j.keyed_log) == {"PASS_THROUGH"}
     take = job.preview_take
     assert take is not None and take.name in {a.name for a in bpy.data.actions}  # keys are there while it runs
@@ -200,7 +189,7 @@ def test_a_worker_crash_after_the_first_window_removes_its_keys(addon, head_mode
     settings.audio_file, settings.keep_partial = str(long_audio), True
     before = scene_state()
     job = generate.GenerateJob(operators_generate.build_request(bpy.context))
-    op = _modal_operator(job)
+    op = modal_generate_operator(job)
     assert _drive(op, until=lambda j: j.keyed_log) == {"PASS_THROUGH"}
     assert job.preview_take is not None and scene_state() != before
     job.client.proc.kill()
@@ -217,7 +206,7 @@ def test_cancel_keeps_the_finished_windows_when_asked(addon, head_model, long_au
     settings.audio_file, settings.keep_partial, settings.start_frame = str(long_audio), True, 1
     job = generate.GenerateJob(operators_generate.build_request(bpy.context))
     assert job.req.keep_partial
-    op = _modal_operator(job)
+    op = modal_generate_operator(job)
     assert _drive(op, until=lambda j: j.keyed_log) == {"PASS_THROUGH"}
     at_cancel = job.frames_received
     job.cancel()

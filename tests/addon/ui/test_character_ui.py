@@ -12,7 +12,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from fixtures.addon import enabled_addon, scene_state  # noqa: E402
+from fixtures.addon import RecordingLayout, enabled_addon, scene_state  # noqa: E402
 from fixtures.common import AUDIO_DIR  # noqa: E402
 from fixtures.gltf import ICT_FACE  # noqa: E402
 from fixtures.ict_flame import expr_keys, ict_flame, smooth_weights, write_ict_flame  # noqa: E402
@@ -104,31 +104,6 @@ def test_bad_input_reports_and_leaves_the_scene(addon: dict) -> None:
     assert scene_state() == before
 
 
-class _Layout:
-    def __init__(self, log: list[str]):
-        self.__dict__["log"] = log
-
-    def __setattr__(self, name: str, value: object) -> None:
-        self.__dict__[name] = value
-
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: _Layout(self.log)
-
-    def prop(self, data, name: str, **kwargs) -> None:
-        assert name in data.bl_rna.properties, f"{data} has no property {name}"
-        self.log.append(f"prop {name}")
-
-    def prop_search(self, data, name: str, search_data, search_name: str, **kwargs) -> None:
-        assert name in data.bl_rna.properties and search_name in search_data.bl_rna.properties
-        self.log.append(f"search {name}")
-
-    def operator(self, idname: str, **kwargs) -> types.SimpleNamespace:
-        module, name = idname.split(".")
-        assert name in dir(getattr(bpy.ops, module)), f"no operator {idname}"
-        self.log.append(f"op {idname}")
-        return types.SimpleNamespace()
-
-
 def test_character_panel_draws(addon: dict) -> None:
     from blender_addon.ui import panel
 
@@ -137,9 +112,9 @@ def test_character_panel_draws(addon: dict) -> None:
     seen: list[str] = []
     for keys, head in (("ALL", "OBJECT"), ("LIST", "BONE")):
         settings.shape_keys, settings.head_target = keys, head
-        panel.FLAMETALK_PT_character.draw(types.SimpleNamespace(layout=_Layout(seen)), bpy.context)
+        panel.FLAMETALK_PT_character.draw(types.SimpleNamespace(layout=RecordingLayout(seen)), bpy.context)
     settings.target = None
-    panel.FLAMETALK_PT_character.draw(types.SimpleNamespace(layout=_Layout(seen)), bpy.context)
+    panel.FLAMETALK_PT_character.draw(types.SimpleNamespace(layout=RecordingLayout(seen)), bpy.context)
     for expected in ("prop target", "prop flame_file", "prop key_list", "search face_group", "prop head_bone",
                      "op flametalk.character_fit", "op flametalk.character_show_fit", "op flametalk.character_retarget",
                      "op flametalk.character_generate"):
