@@ -59,7 +59,7 @@ def generate_motion(model: ARTalkModel, audio_16k: np.ndarray, style_motion: np.
                     progress: ProgressFn | None = None, recompute: bool = False,
                     cache: ConditionCache | None = None,
                     on_window: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
-    """Mono 16 kHz float audio (N,) -> raw model motion (ceil(N / 640), 106) float32 at 25 fps.
+    """Mono 16 kHz float audio (N,) -> raw model motion (frames_for_samples(N), 106) float32 at 25 fps.
 
     `on_window(w, frames)` gets each 4-s window's raw motion (frames, 106) float32 as soon as it is decoded (the
     progressive worker job); the rows are the same as the returned motion's rows w * 100 onwards.

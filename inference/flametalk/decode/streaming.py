@@ -9,7 +9,9 @@ Why it is exact: the model decodes fixed 4-s windows (100 frames, 64,000 samples
 that cross a window boundary are the previous window's code bits and context tokens (autoregressive.WindowLoop,
 the loop one-shot generation runs too). The audio encoder sees each window on its own. So a window can be decoded
 as soon as its 64,000 samples are in, with the same numbers as in the one-shot run; the final partial window is
-zero-padded at finish(), as one-shot pads it, and cut to ceil(samples / 640) frames in all.
+zero-padded at finish(), as one-shot pads it, and cut to frames_for_samples(samples) frames in all (the
+release's ceil(samples / 16000 * 25) in float arithmetic: for some lengths one more than ceil(samples / 640), e.g.
+71,680 samples -> 113 frames).
 
 Latency floor: a window's frames exist only once its 4 s of audio are in and it is decoded; with
 post-processing on, StreamingSmoother holds back the last SMOOTH_DELAY_FRAMES (4, 160 ms) frames of each window
@@ -224,7 +226,7 @@ class Streamer:
 
     def finish(self) -> np.ndarray:
         """The end of the take: flushes the resampler, decodes the zero-padded last window, cut to
-        ceil(samples / 640) frames in all, and the smoother's held-back frames."""
+        frames_for_samples(samples) frames in all, and the smoother's held-back frames."""
         if self.finished:
             return _empty()
         tail = self._to_16k(np.zeros(0, dtype=np.float32), last=True)

@@ -119,7 +119,8 @@ def test_live_drives_the_head_and_record_keeps_the_take_with_its_sound(addon, he
     assert not state.live_running and state.live_status.startswith("Recorded live_take1"), state.live_status
     assert session.result is not None
     samples, frames = session.result["samples"], session.result["frames"]
-    assert samples >= 4 * 16_000 and frames == math.ceil(samples / 640) == session.frames
+    # the release's float frame count (for some lengths one more than ceil(samples / 640))
+    assert samples >= 4 * 16_000 and frames == math.ceil(samples / 16_000 * 25) == session.frames
 
     bones, shapes = takes.take_actions("live_take1")
     assert bones is not None and shapes is not None

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fixtures.common import AUDIO_DIR, REPO
+from flametalk.decode.autoregressive import frames_for_samples
 from flametalk.decode.pipeline import generate_motion
 from flametalk.decode.postprocess import postprocess_motion
 from flametalk.io.audio import load_audio
@@ -38,7 +39,7 @@ def test_generate_writes_the_same_motion_as_the_library(client, parity_checkpoin
     motion, fps, prov = load_motion(out)
     audio = load_audio(AUDIO_DIR / "eng2.wav")
     expected = postprocess_motion(generate_motion(load_checkpoint(parity_checkpoint_dir), audio))
-    assert fps == 25 and result["frames"] == motion.shape[0] == int(np.ceil(audio.size / 640))
+    assert fps == 25 and result["frames"] == motion.shape[0] == frames_for_samples(audio.size)
     np.testing.assert_array_equal(motion, expected)
     assert [e["done"] for e in seen if e.get("stage") == "generate"][-1] == 1
     assert len(prov["checkpoint"]["sha256"]) == 64

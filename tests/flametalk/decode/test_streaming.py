@@ -136,9 +136,11 @@ def test_one_shot_generation_on_the_gpu_default_batching_still_matches_on_cpu(ex
 
 def test_exact_window_multiples_tiny_clips_and_empty_takes(exact_model):
     rng = np.random.default_rng(7)
-    for n in (64_000, 1, 641):
+    # 71,680 samples: the release's float count ceil(71680 / 16000 * 25) = ceil(112.00000000000001) is 113 frames
+    for n, frames in ((64_000, 100), (1, 1), (641, 2), (71_680, 113)):
         audio = (0.1 * rng.standard_normal(n)).astype(np.float32)
         got, _ = stream(Streamer(exact_model), audio, random_chunks(n, rng, 1, 30_000))
+        assert got.shape == (frames, 106)
         np.testing.assert_array_equal(got, postprocess_motion(generate_motion(exact_model, audio)))
     s = Streamer(exact_model)
     assert s.finish().shape == (0, 106) and s.finish().shape == (0, 106)
