@@ -15,6 +15,7 @@ from ..fast import filepages
 from ..fast.featext import swap_feature_extractor
 from ..fast.heap import keep_activation_memory, release_free_heap
 from ..fast.packed import fuse_encoder_gelu, pack_linears
+from ..fast.posconv import use_fft_positional_conv
 from ..fast.precision import Mode, model_plan
 from ..flame.contract import MOTION_DIM, STYLE_FRAMES
 from ..model.artalk import ARTalkModel
@@ -34,17 +35,20 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
     the weight-normed positional convolution gets its computed weight; where the model's plan packs (x86 CPUs,
     fast/plan.py) the wav2vec2 feature extractor runs time-major (fast/featext.py: the same fp32 products up
     to summation order), the remaining float linear layers are pre-packed for oneDNN (same math) and the encoder's
-    feed-forward GEMMs apply their GELU themselves (bit for bit the same values). Speed figures: BENCHMARKS.md.
+    feed-forward GEMMs apply their GELU themselves (bit for bit the same values); fast mode's CPU plans run the
+    encoder's positional convolution through the FFT (fast/posconv.py). Speed figures: BENCHMARKS.md.
     On CPU it also stops glibc from unmapping and re-faulting generation's buffers (fast/heap.py)."""
     if getattr(model, "_prepared_for_inference", False):
         return model
     plan = model_plan(model)
     with filepages.releasing(getattr(model, "_file_weights", None)):
         freeze_weight_norm(model.audio_encoder)
+        encoder: Any = model.audio_encoder.encoder  # transformers' module: untyped attributes
+        if plan.pos_conv == "fft":
+            use_fft_positional_conv(encoder)
         if plan.pack:
             swap_feature_extractor(model, "audio_encoder.feature_extractor")
             pack_linears(model)
-            encoder: Any = model.audio_encoder.encoder  # transformers' module: untyped attributes
             fuse_encoder_gelu(encoder.layers)
     model._file_weights = None  # conversions are over: let the mapping go with the last weight that uses it
     model._prepared_for_inference = True
