@@ -62,7 +62,7 @@ class FoldedFirstLayer(nn.Module):
         bias = conv.bias.detach() if conv.bias is not None else conv.weight.new_zeros(self.out_ch)
         w_CK = torch.cat([conv.weight.detach()[:, 0, :], bias[:, None]], dim=1).double()  # (C, k + 1)
         centred_CK = w_CK - w_CK.mean(dim=0, keepdim=True)
-        self.gram_KK = centred_CK.T @ centred_CK / self.out_ch  # float64: the statistics are cheap (k + 1 values)
+        self.gram_KK = (centred_CK.T @ centred_CK / self.out_ch).float()
         norm: nn.LayerNorm = layer.layer_norm
         self.eps = float(norm.eps)
         gamma = norm.weight.detach().double() if norm.weight is not None else torch.ones(self.out_ch).double()
@@ -74,12 +74,12 @@ class FoldedFirstLayer(nn.Module):
 
     def forward(self, x_BT1: torch.Tensor) -> torch.Tensor:
         B, T = x_BT1.shape[:2]
-        audio_BT = x_BT1.reshape(B, T).double().contiguous()
+        audio_BT = x_BT1.reshape(B, T).float().contiguous()
         out_T = (T - self.kernel) // self.stride + 1
         windows_BTK = audio_BT.new_ones(B, out_T, self.kernel + 1)
         windows_BTK[..., : self.kernel] = audio_BT.as_strided((B, out_T, self.kernel), (T, self.stride, 1))
         var_BT1 = ((windows_BTK @ self.gram_KK) * windows_BTK).sum(dim=-1, keepdim=True)
-        scaled_BTK = windows_BTK.mul_(var_BT1.add_(self.eps).rsqrt_()).float()
+        scaled_BTK = windows_BTK.mul_(var_BT1.add_(self.eps).rsqrt_())
         return self.act(self.gemm(scaled_BTK)).to(x_BT1.dtype)
 
 
