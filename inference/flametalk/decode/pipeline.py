@@ -47,7 +47,7 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
         if plan.pos_conv == "fft":
             use_fft_positional_conv(encoder)
         if plan.pack:
-            swap_feature_extractor(model, "audio_encoder.feature_extractor", fold_first=plan.fold_norm)
+            swap_feature_extractor(model, "audio_encoder.feature_extractor")
             pack_linears(model)
             fuse_encoder_gelu(encoder.layers)
     model._file_weights = None  # conversions are over: let the mapping go with the last weight that uses it

@@ -229,17 +229,14 @@ def in_place(quantize_one: Callable[[nn.Module], int]) -> Unit:
     return lambda model, name: quantize_one(model.get_submodule(name))
 
 
-def int8_units(model: nn.Module, kind: str = "onednn", time_major: bool = True,
-               fold_first: bool = False) -> dict[str, Unit]:
+def int8_units(model: nn.Module, kind: str = "onednn", time_major: bool = True) -> dict[str, Unit]:
     """Submodule name -> its converter(model, name) for fast mode with int8 of `kind`: the encoder's transformer
-    layers and the AR blocks to int8, and (`time_major`) the feature extractor to time-major GEMMs (featext.py;
-    `fold_first`: its first LayerNorm folded into the GEMM). Each unit's parameters are contiguous in
-    named_parameters() order, so a model can be converted while it is being filled."""
+    layers and the AR blocks to int8, and (`time_major`) the feature extractor to time-major GEMMs (featext.py).
+    Each unit's parameters are contiguous in named_parameters() order, so a model can be converted while it is
+    being filled."""
     from .featext import swap_feature_extractor
 
-    units: dict[str, Unit] = {}
-    if time_major:
-        units["audio_encoder.feature_extractor"] = partial(swap_feature_extractor, fold_first=fold_first)
+    units: dict[str, Unit] = {"audio_encoder.feature_extractor": swap_feature_extractor} if time_major else {}
     for i in range(len(model.audio_encoder.encoder.layers)):
         units[f"audio_encoder.encoder.layers.{i}"] = in_place(partial(quantize_wav2vec_layer, kind=kind))
     for i in range(len(model.attn_blocks)):
@@ -247,6 +244,6 @@ def int8_units(model: nn.Module, kind: str = "onednn", time_major: bool = True,
     return units
 
 
-def quantize_model(model: nn.Module, kind: str = "onednn", time_major: bool = True, fold_first: bool = False) -> int:
+def quantize_model(model: nn.Module, kind: str = "onednn", time_major: bool = True) -> int:
     """Convert every unit in place. Returns how many modules were replaced."""
-    return sum(fn(model, name) for name, fn in int8_units(model, kind, time_major, fold_first).items())
+    return sum(fn(model, name) for name, fn in int8_units(model, kind, time_major).items())

@@ -10,9 +10,7 @@ A plan names the kernel families a model is prepared with:
   fp16 on GPUs, else fp32);
 - `attention`: "bmm" (fast mode's batched-GEMM attention on CPU) or "sdpa" (torch's fused kernel);
 - `pos_conv`: the audio encoder's positional convolution, "conv" (torch's) or "fft" (fast mode on CPU,
-  fast/posconv.py);
-- `fold_norm`: the time-major feature extractor's first LayerNorm folded into its GEMM (fast mode where `pack`,
-  fast/featext.py's FoldedFirstLayer).
+  fast/posconv.py).
 
 CPU plans, best first: "avx512" (AVX-512: int8 by VNNI where present, bf16 where native), "avx2-vnni" (AVX2 with
 AVX-VNNI: oneDNN int8), "avx2" (any AVX2 CPU: fbgemm int8, fp32 for the rest), "generic" (no x86-only kernel:
@@ -82,7 +80,6 @@ class Plan:
     dtype: str  # "float32", "bfloat16", "float16"
     attention: str  # "bmm", "sdpa"
     pos_conv: str = "conv"  # the encoder's positional convolution: "conv" (torch's) or "fft" (fast/posconv.py)
-    fold_norm: bool = False  # the feature extractor's first LayerNorm folded into its GEMM (fast/featext.py)
     fallback_from: str | None = None  # the plan that was asked for or chosen first, when this one replaced it
     reason: str | None = None  # why it was replaced
 
@@ -207,7 +204,7 @@ def cpu_plan(name: str, mode: str, f: CpuFeatures | None = None) -> Plan:
         dtype = "float32"
     # bmm attention: faster than torch's CPU flash kernel at these short sequences, in bf16 and in fp32 alike;
     # the positional convolution through the FFT: the same values up to fp32 rounding, in half the time
-    return replace(exact, int8=int8, dtype=dtype, attention="bmm", pos_conv="fft", fold_norm=exact.pack)
+    return replace(exact, int8=int8, dtype=dtype, attention="bmm", pos_conv="fft")
 
 
 def gpu_plan(device_type: str, mode: str) -> Plan:

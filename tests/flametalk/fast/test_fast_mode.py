@@ -14,7 +14,7 @@ from flametalk.commands.reference import load_vector, model_from_vector
 from flametalk.decode.pipeline import generate_motion, prepare_for_inference
 from flametalk.fast import plan as plans
 from flametalk.fast.fastattn import BmmEncoderSelfAttention, bmm_attention
-from flametalk.fast.featext import FoldedFirstLayer, TimeMajorFeatureExtractor, supports_time_major
+from flametalk.fast.featext import TimeMajorFeatureExtractor, supports_time_major
 from flametalk.fast.int8 import (
     FbgemmInt8Linear,
     Int8Linear,
@@ -211,33 +211,6 @@ def test_time_major_feature_extractor_computes_the_same_features():
     grouped = build_audio_encoder("wav2vec", {**config, "feat_extract_norm": "group",
                                               "do_stable_layer_norm": False}).feature_extractor
     assert not supports_time_major(grouped)  # HuBERT-style group norm keeps transformers' module
-
-
-def test_folded_first_layer_norm_gives_the_same_features():
-    """Fast mode's FoldedFirstLayer: LayerNorm statistics from the window's quadratic form, the normalisation
-    inside the GEMM; loud, quiet and silent audio give the unfolded layer's values to fp32 rounding."""
-    config = dict(load_vector(PARITY_VECTOR)["wav2vec2_config"])
-    torch.manual_seed(4)
-    original = build_audio_encoder("wav2vec", config).feature_extractor.eval()
-    for layer in original.conv_layers:
-        torch.nn.init.normal_(layer.layer_norm.weight, 1.0, 0.3)
-        torch.nn.init.normal_(layer.layer_norm.bias, 0.0, 0.3)
-        torch.nn.init.normal_(layer.conv.bias, 0.0, 0.1)
-    folded = TimeMajorFeatureExtractor(original, fold_first=True)
-    assert isinstance(folded.layers[0], FoldedFirstLayer) and folded.layers[0].gemm.post_op == "gelu"
-    assert not isinstance(TimeMajorFeatureExtractor(original).layers[0], FoldedFirstLayer)
-    audio = torch.randn(3, 16000) * torch.tensor([[3.0], [1e-3], [0.0]])
-    with torch.inference_mode():
-        expected = original(audio)
-        got = folded(audio)
-        first_want = original.conv_layers[0](audio[:, None])  # (B, C, T) after norm and GELU
-        first_got = folded.layers[0](audio[:, :, None]).transpose(1, 2)
-    assert got.shape == expected.shape == (3, 32, 49)
-    torch.testing.assert_close(first_got, first_want, rtol=0, atol=2e-5)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    assert not torch.equal(first_got, first_want)  # another computation, not the same kernel
-    assert plans.cpu_plan("avx2", "fast").fold_norm and not plans.cpu_plan("avx2", "exact").fold_norm
-    assert not plans.cpu_plan("generic", "fast").fold_norm  # no time-major feature extractor there
 
 
 def test_bmm_attention_equals_sdpa_in_fp32():
