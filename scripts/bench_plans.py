@@ -2,7 +2,7 @@
 variants generate the same clip in alternation (A B A B ...), so the machine's drift hits them alike.
 
 A variant is a CPU plan name (flametalk/fast/plan.py), optionally with fields changed: `avx2`, `generic`,
-`avx2:attention=bmm`, `avx2:int8=none`. Prints each variant's times and its fastest run.
+`avx2:attention=bmm`, `avx2:int8=none`, `avx2:pos_conv=conv`. Prints each variant's times and its fastest run.
 
     .venv/bin/python scripts/bench_plans.py --mode exact avx2 generic
     .venv/bin/python scripts/bench_plans.py --mode fast avx2 avx2:attention=bmm --seconds 8 --rounds 4
@@ -29,7 +29,8 @@ def parse_variant(spec: str, mode: str) -> plans.Plan:
     plan = plans.cpu_plan(name, mode)
     for item in filter(None, changes.split(",")):
         key, _, value = item.partition("=")
-        plan = replace(plan, **{key: None if value == "none" else value})
+        parsed: object = {"none": None, "true": True, "false": False}.get(value.lower(), value)
+        plan = replace(plan, **{key: parsed})
     return plan
 
 
