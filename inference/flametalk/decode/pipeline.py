@@ -34,9 +34,10 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
     """One-time, in-place inference preparation (idempotent; never for a model that will be trained further):
     the weight-normed positional convolution gets its computed weight; where the model's plan packs (x86 CPUs,
     fast/plan.py) the wav2vec2 feature extractor runs time-major (fast/featext.py: the same fp32 products up
-    to summation order), the remaining float linear layers are pre-packed for oneDNN (same math) and the encoder's
-    feed-forward GEMMs apply their GELU themselves (bit for bit the same values); fast mode's CPU plans run the
-    encoder's positional convolution through the FFT (fast/posconv.py). Speed figures: BENCHMARKS.md.
+    to summation order), the remaining float linear layers are pre-packed for oneDNN (same math) and, where the plan
+    says so (AVX-512), the encoder's feed-forward GEMMs apply their GELU themselves (bit for bit the same values);
+    fast mode's CPU plans run the encoder's positional convolution through the FFT (fast/posconv.py). Speed
+    figures: BENCHMARKS.md.
     On CPU it also stops glibc from unmapping and re-faulting generation's buffers (fast/heap.py)."""
     if getattr(model, "_prepared_for_inference", False):
         return model
@@ -49,7 +50,8 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
         if plan.pack:
             swap_feature_extractor(model, "audio_encoder.feature_extractor")
             pack_linears(model)
-            fuse_encoder_gelu(encoder.layers)
+            if plan.gelu_post_op:
+                fuse_encoder_gelu(encoder.layers)
     model._file_weights = None  # conversions are over: let the mapping go with the last weight that uses it
     model._prepared_for_inference = True
     release_free_heap()

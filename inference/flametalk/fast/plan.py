@@ -1,7 +1,7 @@
 """Which kernels run where: the one place that turns what the machine has into a plan per device and mode.
 
 A plan names the kernel families a model is prepared with:
-- `pack`: linear layers pre-packed for oneDNN (x86 only), the time-major feature extractor and the GELU post-op;
+- `pack`: linear layers pre-packed for oneDNN (x86 only) and the time-major feature extractor;
 - `int8`: the audio encoder's and the AR blocks' big linear layers in int8 (fast mode only):
   "onednn" (u8 x s8 with VNNI: full 8-bit activations, per-token or per-tensor scales) or
   "fbgemm" (torch's dynamic quantised linear; on CPUs without VNNI its AVX2 kernel adds pairs of u8 x s8 products
@@ -10,7 +10,9 @@ A plan names the kernel families a model is prepared with:
   fp16 on GPUs, else fp32);
 - `attention`: "bmm" (fast mode's batched-GEMM attention on CPU) or "sdpa" (torch's fused kernel);
 - `pos_conv`: the audio encoder's positional convolution, "conv" (torch's) or "fft" (fast mode on CPU,
-  fast/posconv.py).
+  fast/posconv.py);
+- `gelu_post_op`: the encoder's packed fp32 feed-forward GEMMs apply the GELU themselves (AVX-512 only: there
+  it is faster, on AVX2 slower; the same values either way).
 
 CPU plans, best first: "avx512" (AVX-512: int8 by VNNI where present, bf16 where native), "avx2-vnni" (AVX2 with
 AVX-VNNI: oneDNN int8), "avx2" (any AVX2 CPU: fbgemm int8, fp32 for the rest), "generic" (no x86-only kernel:
@@ -80,6 +82,7 @@ class Plan:
     dtype: str  # "float32", "bfloat16", "float16"
     attention: str  # "bmm", "sdpa"
     pos_conv: str = "conv"  # the encoder's positional convolution: "conv" (torch's) or "fft" (fast/posconv.py)
+    gelu_post_op: bool = False  # packed fp32 feed-forward GEMMs apply the encoder's GELU as oneDNN's post-op
     fallback_from: str | None = None  # the plan that was asked for or chosen first, when this one replaced it
     reason: str | None = None  # why it was replaced
 
@@ -183,7 +186,10 @@ def cpu_plan(name: str, mode: str, f: CpuFeatures | None = None) -> Plan:
     f = detect() if f is None else f
     if name not in CPU_PLANS:
         raise ValueError(f"unknown CPU plan {name!r}; use one of {', '.join(CPU_PLANS)}")
-    exact = Plan(name, "cpu", mode, pack=name != "generic", int8=None, dtype="float32", attention="sdpa")
+    # oneDNN's GELU post-op is faster than a separate GELU pass with AVX-512 and slower with AVX2 only (its erf
+    # there: 16.0 vs 12.4 ms for a 199 x 1024 -> 4096 GEMM + GELU, BENCHMARKS.md); the values are the same
+    exact = Plan(name, "cpu", mode, pack=name != "generic", int8=None, dtype="float32", attention="sdpa",
+                 gelu_post_op=name == "avx512")
     if mode == "exact":
         return exact
     if mode != "fast":
