@@ -170,9 +170,12 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         print(f"{dev}{name}:")
         for m, p in entry["plans"].items():
             note = f" [instead of {p['fallback_from']}: {p['reason']}]" if p.get("fallback_from") else ""
-            print(f"  {m:5s}: {p['name']} plan: " + ("oneDNN-packed linears" if p["pack"] else "torch linears")
-                  + (f", int8 linears ({p['int8']})" if p["int8"] else "") + f", {p['dtype']}, "
-                  + f"{p['attention']} attention{note}")
+            parts = ["oneDNN-packed linears" if p["pack"] else "torch linears"]
+            parts += [f"int8 linears ({p['int8']})"] if p["int8"] else []
+            parts += [p["dtype"], f"{p['attention']} attention"]
+            parts += ["GELU as GEMM post-op"] if p.get("gelu_post_op") else []
+            parts += ["FFT positional convolution"] if p.get("pos_conv") == "fft" else []
+            print(f"  {m:5s}: {p['name']} plan: " + ", ".join(parts) + note)
     return 0
 
 

@@ -256,6 +256,10 @@ def test_devices_json_shows_features_and_plans(monkeypatch):
     assert report["cpu_plan_forced"] == {"requested": "generic", "refused": None}
     text = run_flametalk("devices")
     assert text.returncode == 0 and "exact: " in text.stdout and "fast : " in text.stdout
+    exact_line, fast_line = (next(line for line in text.stdout.splitlines() if line.strip().startswith(m))
+                             for m in ("exact:", "fast :"))
+    assert "FFT positional convolution" in fast_line and "FFT" not in exact_line
+    assert ("GELU as GEMM post-op" in exact_line) is cpu["exact"]["gelu_post_op"]
 
 
 @pytest.mark.parametrize("name", EVERY_PLAN)
