@@ -10,9 +10,17 @@ The weights' transforms are computed once (per FFT length) and kept: (groups, fr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def fft_convertible(conv: Any) -> bool:
+    """`conv` is a plain nn.Conv1d this module reproduces: unstrided, undilated, numeric zero padding."""
+    return (type(conv) is nn.Conv1d and conv.stride == (1,) and conv.dilation == (1,)
+            and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros")
 
 
 class FftGroupedConv1d(nn.Module):
@@ -20,23 +28,22 @@ class FftGroupedConv1d(nn.Module):
 
     def __init__(self, conv: nn.Conv1d):
         super().__init__()
-        if conv.stride != (1,) or conv.dilation != (1,) or not isinstance(conv.padding, tuple):
-            raise ValueError("FftGroupedConv1d takes unstrided, undilated convolutions with numeric padding")
+        if not fft_convertible(conv):
+            raise ValueError("FftGroupedConv1d takes unstrided, undilated convolutions with numeric zero padding")
         self.kernel, self.pad, self.groups = conv.kernel_size[0], conv.padding[0], conv.groups
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         # Cross-correlation is convolution with the flipped kernel: keep it flipped, (C_out, C_in / groups, k).
         self.weight_flipped = conv.weight.detach().float().flip(-1).contiguous()
         self.bias = None if conv.bias is None else conv.bias.detach().float().contiguous()
-        self._spectra: dict[int, torch.Tensor] = {}  # FFT length -> (groups, freqs, out, in) complex64
+        # (FFT length, (groups, freqs, out, in) complex64): windows have one length; another one replaces it
+        self._spectrum: tuple[int, torch.Tensor] | None = None
 
     def spectrum(self, n: int) -> torch.Tensor:
-        spec = self._spectra.get(n)
-        if spec is None:
+        if self._spectrum is None or self._spectrum[0] != n:
             G, per_out, per_in = self.groups, self.out_channels // self.groups, self.in_channels // self.groups
             w_f = torch.fft.rfft(self.weight_flipped, n=n)  # (C_out, per_in, freqs)
-            spec = w_f.view(G, per_out, per_in, -1).permute(0, 3, 1, 2).contiguous()
-            self._spectra = {n: spec}  # windows have one length; another length replaces it
-        return spec
+            self._spectrum = (n, w_f.view(G, per_out, per_in, -1).permute(0, 3, 1, 2).contiguous())
+        return self._spectrum[1]
 
     def forward(self, x_BCT: torch.Tensor) -> torch.Tensor:
         B, _, T = x_BCT.shape
@@ -66,9 +73,7 @@ def use_fft_positional_conv(encoder: nn.Module) -> int:
     FFT one. Returns 1, or 0 where the encoder has none of the expected form."""
     pos = getattr(encoder, "pos_conv_embed", None)
     conv = getattr(pos, "conv", None)
-    if type(conv) is not nn.Conv1d or conv.stride != (1,) or conv.dilation != (1,):
-        return 0
-    if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
+    if not fft_convertible(conv):
         return 0
     pos.conv = FftGroupedConv1d(conv)
     return 1
