@@ -56,3 +56,15 @@ def test_the_encoder_s_features_stay_those_of_torch_s_convolution():
     assert got.shape == want.shape == (1, 199, 1024)
     rel = (got - want).abs().max() / want.abs().max()
     assert 0 < rel < 1e-5, rel  # not the same kernel (so not bit-equal), the same values to fp32 rounding
+
+
+@pytest.mark.parametrize("conv", [nn.Conv1d(8, 8, 3, stride=2, padding=1), nn.Conv1d(8, 8, 3, dilation=2),
+                                  nn.Conv1d(8, 8, 3, padding="same"), nn.Conv1d(8, 8, 3, padding=1,
+                                                                              padding_mode="reflect")])
+def test_convolutions_it_cannot_reproduce_are_refused_and_left_alone(conv):
+    encoder = nn.Module()
+    encoder.pos_conv_embed = nn.Module()
+    encoder.pos_conv_embed.conv = conv
+    assert use_fft_positional_conv(encoder) == 0 and encoder.pos_conv_embed.conv is conv
+    with pytest.raises(ValueError, match="unstrided, undilated"):
+        FftGroupedConv1d(conv)
