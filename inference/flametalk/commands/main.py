@@ -175,6 +175,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
             parts += [p["dtype"], f"{p['attention']} attention"]
             parts += ["GELU as GEMM post-op"] if p.get("gelu_post_op") else []
             parts += ["FFT positional convolution"] if p.get("pos_conv") == "fft" else []
+            parts += ["query/key/value as one GEMM"] if p.get("fuse_qkv") else []
             print(f"  {m:5s}: {p['name']} plan: " + ", ".join(parts) + note)
     return 0
 

@@ -13,8 +13,9 @@ import torch
 from ..errors import FlameTalkError
 from ..fast import filepages
 from ..fast.featext import swap_feature_extractor
+from ..fast.fused import fuse_qkv
 from ..fast.heap import keep_activation_memory, release_free_heap
-from ..fast.packed import fuse_encoder_gelu, pack_linears
+from ..fast.packed import PackedLinear, fuse_encoder_gelu, pack_linears
 from ..fast.posconv import use_fft_positional_conv
 from ..fast.precision import Mode, model_plan
 from ..flame.contract import MOTION_DIM, STYLE_FRAMES
@@ -34,8 +35,10 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
     """One-time, in-place inference preparation (idempotent; never for a model that will be trained further):
     the weight-normed positional convolution gets its computed weight; where the model's plan packs (x86 CPUs,
     fast/plan.py) the wav2vec2 feature extractor runs time-major (fast/featext.py: the same fp32 products up
-    to summation order), the remaining float linear layers are pre-packed for oneDNN (same math) and, where the plan
-    says so (AVX-512), the encoder's feed-forward GEMMs apply their GELU themselves (bit for bit the same values);
+    to summation order), the remaining float linear layers are pre-packed for oneDNN (same math; where the plan
+    says so (AVX2) the query/key/value projections as one stacked GEMM, fast/fused.py: the same values) and, where
+    the plan says so (AVX-512), the encoder's feed-forward GEMMs apply their GELU themselves (bit for bit the same
+    values);
     fast mode's CPU plans run the encoder's positional convolution through the FFT (fast/posconv.py). Speed
     figures: BENCHMARKS.md.
     On CPU it also stops glibc from unmapping and re-faulting generation's buffers (fast/heap.py)."""
@@ -49,6 +52,8 @@ def prepare_for_inference(model: ARTalkModel) -> ARTalkModel:
             use_fft_positional_conv(encoder)
         if plan.pack:
             swap_feature_extractor(model, "audio_encoder.feature_extractor")
+            if plan.fuse_qkv:  # float q/k/v left (fast mode's int8 ones were fused when quantised)
+                fuse_qkv(model, PackedLinear.from_weight)
             pack_linears(model)
             if plan.gelu_post_op:
                 fuse_encoder_gelu(encoder.layers)

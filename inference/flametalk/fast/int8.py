@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .filepages import done_with
+from .fused import fuse_siblings
 from .packed import is_exact_gelu
 
 ZERO_POINT = 128  # u8 activations hold round(x / scale) + 128
@@ -134,14 +135,27 @@ class FbgemmInt8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, reduce_range: bool = True, per_token: bool = False):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self._pack(linear.weight, linear.bias, reduce_range, per_token)
+
+    @classmethod
+    def from_weight(cls, weight_NK: torch.Tensor, bias_N: torch.Tensor | None, reduce_range: bool = True,
+                    per_token: bool = False) -> FbgemmInt8Linear:
+        """From a plain (out, in) weight, e.g. sibling projections' weights stacked (fused.py)."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._pack(weight_NK, bias_N, reduce_range, per_token)
+        return self
+
+    def _pack(self, weight_NK: torch.Tensor, bias_N: torch.Tensor | None, reduce_range: bool,
+              per_token: bool) -> None:
+        self.out_features, self.in_features = weight_NK.shape
         self.reduce_range, self.per_token = reduce_range, per_token
-        weight_q, scale = quantize_weight(linear.weight)
+        weight_q, scale = quantize_weight(weight_NK)
         zero = torch.zeros(self.out_features, dtype=torch.int64)
         with warnings.catch_warnings():  # torch marks quantised tensor creation deprecated; the kernel is current
             warnings.simplefilter("ignore", UserWarning)
             qweight = torch._make_per_channel_quantized_tensor(weight_q, scale.double(), zero, 0)
-        bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        bias = None if bias_N is None else bias_N.detach().float().contiguous()
         self.bias = bias if per_token else None  # per token: added after the rows are scaled back
         self.packed = torch.ops.quantized.linear_prepack(qweight, None if per_token else bias)
 
@@ -179,6 +193,10 @@ def worst_case_error(reduce_range: bool) -> float:
     return float((got.double() - want).abs().max() / want.abs().max())
 
 
+def fbgemm_gemm(weight_NK: torch.Tensor, bias_N: torch.Tensor | None, per_token: bool) -> FbgemmInt8Linear:
+    return FbgemmInt8Linear.from_weight(weight_NK, bias_N, per_token=per_token)
+
+
 KINDS = ("onednn", "fbgemm")
 
 
@@ -197,12 +215,15 @@ def _swap(parent: nn.Module, name: str, per_token: bool, shared: SharedInput | N
     return 1
 
 
-def quantize_wav2vec_layer(layer: nn.Module, kind: str = "onednn") -> int:
-    """int8 for one transformer layer of a transformers wav2vec2/HuBERT encoder. Returns how many were swapped."""
+def quantize_wav2vec_layer(layer: nn.Module, kind: str = "onednn", fuse_qkv: bool = False) -> int:
+    """int8 for one transformer layer of a transformers wav2vec2/HuBERT encoder. Returns how many were swapped.
+    `fuse_qkv` (fbgemm only): q/k/v as one GEMM (fused.py)."""
     attn, ff = layer.attention, layer.feed_forward
     shared = SharedInput() if kind == "onednn" else None  # q/k/v read the same layer-normed tokens
-    count = sum(_swap(attn, name, per_token=False, shared=shared, kind=kind) for name in ("q_proj", "k_proj",
-                                                                                         "v_proj"))
+    qkv = ("q_proj", "k_proj", "v_proj")
+    count = fuse_siblings(attn, qkv, partial(fbgemm_gemm, per_token=False)) if fuse_qkv and kind == "fbgemm" \
+        else 0
+    count += sum(_swap(attn, name, per_token=False, shared=shared, kind=kind) for name in qkv)
     count += _swap(attn, "out_proj", per_token=True, kind=kind)
     fuse = kind == "onednn" and type(ff.intermediate_dense) is nn.Linear and is_exact_gelu(ff.intermediate_act_fn)
     count += _swap(ff, "intermediate_dense", per_token=False, gelu=fuse, kind=kind)
@@ -211,12 +232,15 @@ def quantize_wav2vec_layer(layer: nn.Module, kind: str = "onednn") -> int:
     return count + _swap(ff, "output_dense", per_token=True, kind=kind)
 
 
-def quantize_ar_block(blk: nn.Module, kind: str = "onednn") -> int:
+def quantize_ar_block(blk: nn.Module, kind: str = "onednn", fuse_qkv: bool = False) -> int:
     """int8 for one AR block. Every input here is modulated per token (AdaLN), so oneDNN's activations are
-    quantised per token. (The logits head is not a block and stays in the float dtype: it decides the bits.)"""
+    quantised per token. (The logits head is not a block and stays in the float dtype: it decides the bits.)
+    `fuse_qkv` (fbgemm only): queries, keys and values as one GEMM (fused.py)."""
     shared = SharedInput() if kind == "onednn" else None  # queries, keys and values read the same tokens
-    count = sum(_swap(blk.attn, name, per_token=True, shared=shared, kind=kind)
-                for name in ("query", "key", "value"))
+    qkv = ("query", "key", "value")
+    count = fuse_siblings(blk.attn, qkv, partial(fbgemm_gemm, per_token=True)) if fuse_qkv and kind == "fbgemm" \
+        else 0
+    count += sum(_swap(blk.attn, name, per_token=True, shared=shared, kind=kind) for name in qkv)
     count += _swap(blk.attn, "proj", per_token=True, kind=kind)
     count += _swap(blk.ffn, "0", per_token=True, kind=kind) + _swap(blk.ffn, "2", per_token=True, kind=kind)
     return count + _swap(blk.ada_lin, "1", per_token=True, kind=kind)
@@ -229,7 +253,8 @@ def in_place(quantize_one: Callable[[nn.Module], int]) -> Unit:
     return lambda model, name: quantize_one(model.get_submodule(name))
 
 
-def int8_units(model: nn.Module, kind: str = "onednn", time_major: bool = True) -> dict[str, Unit]:
+def int8_units(model: nn.Module, kind: str = "onednn", time_major: bool = True,
+               fuse_qkv: bool = False) -> dict[str, Unit]:
     """Submodule name -> its converter(model, name) for fast mode with int8 of `kind`: the encoder's transformer
     layers and the AR blocks to int8, and (`time_major`) the feature extractor to time-major GEMMs (featext.py).
     Each unit's parameters are contiguous in named_parameters() order, so a model can be converted while it is
@@ -238,12 +263,14 @@ def int8_units(model: nn.Module, kind: str = "onednn", time_major: bool = True) 
 
     units: dict[str, Unit] = {"audio_encoder.feature_extractor": swap_feature_extractor} if time_major else {}
     for i in range(len(model.audio_encoder.encoder.layers)):
-        units[f"audio_encoder.encoder.layers.{i}"] = in_place(partial(quantize_wav2vec_layer, kind=kind))
+        units[f"audio_encoder.encoder.layers.{i}"] = in_place(partial(quantize_wav2vec_layer, kind=kind,
+                                                                      fuse_qkv=fuse_qkv))
     for i in range(len(model.attn_blocks)):
-        units[f"attn_blocks.{i}"] = in_place(partial(quantize_ar_block, kind=kind))
+        units[f"attn_blocks.{i}"] = in_place(partial(quantize_ar_block, kind=kind, fuse_qkv=fuse_qkv))
     return units
 
 
-def quantize_model(model: nn.Module, kind: str = "onednn", time_major: bool = True) -> int:
+def quantize_model(model: nn.Module, kind: str = "onednn", time_major: bool = True,
+                   fuse_qkv: bool = False) -> int:
     """Convert every unit in place. Returns how many modules were replaced."""
-    return sum(fn(model, name) for name, fn in int8_units(model, kind, time_major).items())
+    return sum(fn(model, name) for name, fn in int8_units(model, kind, time_major, fuse_qkv).items())

@@ -12,7 +12,9 @@ A plan names the kernel families a model is prepared with:
 - `pos_conv`: the audio encoder's positional convolution, "conv" (torch's) or "fft" (fast mode on CPU,
   fast/posconv.py);
 - `gelu_post_op`: the encoder's packed fp32 feed-forward GEMMs apply the GELU themselves (AVX-512 only: there
-  it is faster, on AVX2 slower; the same values either way).
+  it is faster, on AVX2 slower; the same values either way);
+- `fuse_qkv`: the query/key/value projections of the encoder and the AR blocks as one stacked GEMM (fast/fused.py;
+  packed fp32 or fbgemm int8; the same values), on the AVX2 plans where it was measured faster.
 
 CPU plans, best first: "avx512" (AVX-512: int8 by VNNI where present, bf16 where native), "avx2-vnni" (AVX2 with
 AVX-VNNI: oneDNN int8), "avx2" (any AVX2 CPU: fbgemm int8, fp32 for the rest), "generic" (no x86-only kernel:
@@ -83,6 +85,7 @@ class Plan:
     attention: str  # "bmm", "sdpa"
     pos_conv: str = "conv"  # the encoder's positional convolution: "conv" (torch's) or "fft" (fast/posconv.py)
     gelu_post_op: bool = False  # packed fp32 feed-forward GEMMs apply the encoder's GELU as oneDNN's post-op
+    fuse_qkv: bool = False  # int8 query/key/value projections as one GEMM (fbgemm: int8.FusedProjections)
     fallback_from: str | None = None  # the plan that was asked for or chosen first, when this one replaced it
     reason: str | None = None  # why it was replaced
 
@@ -188,8 +191,11 @@ def cpu_plan(name: str, mode: str, f: CpuFeatures | None = None) -> Plan:
         raise ValueError(f"unknown CPU plan {name!r}; use one of {', '.join(CPU_PLANS)}")
     # oneDNN's GELU post-op is faster than a separate GELU pass with AVX-512 and slower with AVX2 only (its erf
     # there: 16.0 vs 12.4 ms for a 199 x 1024 -> 4096 GEMM + GELU, BENCHMARKS.md); the values are the same
+    # query/key/value as one stacked GEMM where measured faster (AVX2: oneDNN fp32 and fbgemm int8; not measured
+    # on AVX-512, so left off there); the same values
+    avx2 = name in ("avx2", "avx2-vnni")
     exact = Plan(name, "cpu", mode, pack=name != "generic", int8=None, dtype="float32", attention="sdpa",
-                 gelu_post_op=name == "avx512")
+                 gelu_post_op=name == "avx512", fuse_qkv=avx2)
     if mode == "exact":
         return exact
     if mode != "fast":
@@ -210,7 +216,8 @@ def cpu_plan(name: str, mode: str, f: CpuFeatures | None = None) -> Plan:
         dtype = "float32"
     # bmm attention: faster than torch's CPU flash kernel at these short sequences, in bf16 and in fp32 alike;
     # the positional convolution through the FFT: the same values up to fp32 rounding, in half the time
-    return replace(exact, int8=int8, dtype=dtype, attention="bmm", pos_conv="fft")
+    return replace(exact, int8=int8, dtype=dtype, attention="bmm", pos_conv="fft",
+                   fuse_qkv=avx2 and int8 != "onednn")  # oneDNN int8 shares the quantised input instead
 
 
 def gpu_plan(device_type: str, mode: str) -> Plan:

@@ -57,7 +57,7 @@ def apply_mode(model: ARTalkModel, mode: Mode, plan: plans.Plan | None = None) -
         if plan.int8:
             from .int8 import quantize_model
 
-            quantize_model(model, plan.int8, time_major=plan.pack)
+            quantize_model(model, plan.int8, time_major=plan.pack, fuse_qkv=plan.fuse_qkv)
     if plan.attention == "bmm":
         from .fastattn import use_bmm_attention
 

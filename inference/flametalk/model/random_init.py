@@ -47,7 +47,7 @@ def random_init_model(cfg: ARTalkConfig, mode: Mode = "exact", device: str | tor
     if mode == "fast" and plan.int8:
         from ..fast.int8 import int8_units
 
-        units = int8_units(model, plan.int8, time_major=plan.pack)
+        units = int8_units(model, plan.int8, time_major=plan.pack, fuse_qkv=plan.fuse_qkv)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     current = None  # the int8 unit whose parameters are being filled
     for name, p in list(model.named_parameters()):

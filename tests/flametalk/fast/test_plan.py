@@ -83,6 +83,11 @@ def test_plans_from_features():
     # GPUs: torch's kernels, fp16 in fast mode
     assert plans.gpu_plan("cuda", "fast").dtype == "float16" and plans.gpu_plan("mps", "exact").dtype == "float32"
     assert not plans.gpu_plan("cuda", "fast").pack and plans.gpu_plan("mps", "fast").int8 is None
+    # query/key/value as one GEMM: on the AVX2 plans (measured there), not with oneDNN int8, not on AVX-512 or GPUs
+    assert fast.fuse_qkv and exact.fuse_qkv and plans.cpu_plan("avx2-vnni", "exact", alder).fuse_qkv
+    assert not plans.cpu_plan("avx2-vnni", "fast", alder).fuse_qkv
+    assert not any(plans.cpu_plan("avx512", m, sapphire).fuse_qkv for m in ("exact", "fast"))
+    assert not plans.cpu_plan("generic", "exact", arm).fuse_qkv and not plans.gpu_plan("cuda", "fast").fuse_qkv
 
 
 def test_int8_can_be_turned_off(monkeypatch):
@@ -172,9 +177,10 @@ def test_fast_mode_runs_and_stays_near_exact_on_every_plan(vector, name):
     fast = apply_mode(model_from_vector(vector), "fast", plan=plan)
     kinds = {"onednn": Int8Linear, "fbgemm": FbgemmInt8Linear}
     layers, blocks = len(fast.audio_encoder.encoder.layers), len(fast.attn_blocks)
+    per_layer, per_block = (4, 5) if plan.fuse_qkv else (6, 7)  # fused: one GEMM for query, key and value
     for kind, cls in kinds.items():
         count = sum(isinstance(m, cls) for m in fast.modules())
-        assert count == (6 * layers + 7 * blocks if plan.int8 == kind else 0), (kind, count)
+        assert count == (per_layer * layers + per_block * blocks if plan.int8 == kind else 0), (kind, count)
     low = plan.torch_dtype()
     assert fast.logits_head.weight.dtype == low
     audio = vector["inputs"]["audio_16k"][0, :48000].numpy()
@@ -260,6 +266,8 @@ def test_devices_json_shows_features_and_plans(monkeypatch):
                              for m in ("exact:", "fast :"))
     assert "FFT positional convolution" in fast_line and "FFT" not in exact_line
     assert ("GELU as GEMM post-op" in exact_line) is cpu["exact"]["gelu_post_op"]
+    for line, mode in ((exact_line, "exact"), (fast_line, "fast")):
+        assert ("query/key/value as one GEMM" in line) is cpu[mode]["fuse_qkv"]
 
 
 @pytest.mark.parametrize("name", EVERY_PLAN)
