@@ -9,7 +9,8 @@ The callers (transformers' attention, the AR blocks) still call three modules. T
 computes all outputs; the others take their slice. The input is recognised by identity, as int8.SharedInput
 does: nothing writes into a projection's input between the sibling calls. Once every member has been served the
 outputs are let go, and a member asked twice for the same input (or alone, as the AR's context keys and values
-are) computes the GEMM again.
+are) computes the GEMM again. Like every prepared model here, one generation at a time per model (the worker runs
+one job at a time, the WebSocket server holds a compute lock).
 """
 
 from __future__ import annotations
