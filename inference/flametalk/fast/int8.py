@@ -194,6 +194,7 @@ def worst_case_error(reduce_range: bool) -> float:
 
 
 def fbgemm_gemm(weight_NK: torch.Tensor, bias_N: torch.Tensor | None, per_token: bool) -> FbgemmInt8Linear:
+    """fused.py's GEMM factory for fbgemm int8 (7-bit activations, as everywhere on fbgemm)."""
     return FbgemmInt8Linear.from_weight(weight_NK, bias_N, per_token=per_token)
 
 
@@ -221,8 +222,9 @@ def quantize_wav2vec_layer(layer: nn.Module, kind: str = "onednn", fuse_qkv: boo
     attn, ff = layer.attention, layer.feed_forward
     shared = SharedInput() if kind == "onednn" else None  # q/k/v read the same layer-normed tokens
     qkv = ("q_proj", "k_proj", "v_proj")
-    count = fuse_siblings(attn, qkv, partial(fbgemm_gemm, per_token=False)) if fuse_qkv and kind == "fbgemm" \
-        else 0
+    count = 0
+    if fuse_qkv and kind == "fbgemm":
+        count = fuse_siblings(attn, qkv, partial(fbgemm_gemm, per_token=False))
     count += sum(_swap(attn, name, per_token=False, shared=shared, kind=kind) for name in qkv)
     count += _swap(attn, "out_proj", per_token=True, kind=kind)
     fuse = kind == "onednn" and type(ff.intermediate_dense) is nn.Linear and is_exact_gelu(ff.intermediate_act_fn)
@@ -238,8 +240,9 @@ def quantize_ar_block(blk: nn.Module, kind: str = "onednn", fuse_qkv: bool = Fal
     `fuse_qkv` (fbgemm only): queries, keys and values as one GEMM (fused.py)."""
     shared = SharedInput() if kind == "onednn" else None  # queries, keys and values read the same tokens
     qkv = ("query", "key", "value")
-    count = fuse_siblings(blk.attn, qkv, partial(fbgemm_gemm, per_token=True)) if fuse_qkv and kind == "fbgemm" \
-        else 0
+    count = 0
+    if fuse_qkv and kind == "fbgemm":
+        count = fuse_siblings(blk.attn, qkv, partial(fbgemm_gemm, per_token=True))
     count += sum(_swap(blk.attn, name, per_token=True, shared=shared, kind=kind) for name in qkv)
     count += _swap(blk.attn, "proj", per_token=True, kind=kind)
     count += _swap(blk.ffn, "0", per_token=True, kind=kind) + _swap(blk.ffn, "2", per_token=True, kind=kind)

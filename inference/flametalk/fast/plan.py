@@ -85,7 +85,7 @@ class Plan:
     attention: str  # "bmm", "sdpa"
     pos_conv: str = "conv"  # the encoder's positional convolution: "conv" (torch's) or "fft" (fast/posconv.py)
     gelu_post_op: bool = False  # packed fp32 feed-forward GEMMs apply the encoder's GELU as oneDNN's post-op
-    fuse_qkv: bool = False  # int8 query/key/value projections as one GEMM (fbgemm: int8.FusedProjections)
+    fuse_qkv: bool = False  # query/key/value projections as one stacked GEMM (fast/fused.py)
     fallback_from: str | None = None  # the plan that was asked for or chosen first, when this one replaced it
     reason: str | None = None  # why it was replaced
 
