@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .filepages import done_with
-from .fused import fuse_siblings
+from .fused import AR_QKV, ENCODER_QKV, fuse_siblings
 from .packed import is_exact_gelu
 
 ZERO_POINT = 128  # u8 activations hold round(x / scale) + 128
@@ -193,11 +193,6 @@ def worst_case_error(reduce_range: bool) -> float:
     return float((got.double() - want).abs().max() / want.abs().max())
 
 
-def fbgemm_gemm(weight_NK: torch.Tensor, bias_N: torch.Tensor | None, per_token: bool) -> FbgemmInt8Linear:
-    """fused.py's GEMM factory for fbgemm int8 (7-bit activations, as everywhere on fbgemm)."""
-    return FbgemmInt8Linear.from_weight(weight_NK, bias_N, per_token=per_token)
-
-
 KINDS = ("onednn", "fbgemm")
 
 
@@ -221,11 +216,10 @@ def quantize_wav2vec_layer(layer: nn.Module, kind: str = "onednn", fuse_qkv: boo
     `fuse_qkv` (fbgemm only): q/k/v as one GEMM (fused.py)."""
     attn, ff = layer.attention, layer.feed_forward
     shared = SharedInput() if kind == "onednn" else None  # q/k/v read the same layer-normed tokens
-    qkv = ("q_proj", "k_proj", "v_proj")
     count = 0
     if fuse_qkv and kind == "fbgemm":
-        count = fuse_siblings(attn, qkv, partial(fbgemm_gemm, per_token=False))
-    count += sum(_swap(attn, name, per_token=False, shared=shared, kind=kind) for name in qkv)
+        count = fuse_siblings(attn, ENCODER_QKV, partial(FbgemmInt8Linear.from_weight, per_token=False))
+    count += sum(_swap(attn, name, per_token=False, shared=shared, kind=kind) for name in ENCODER_QKV)
     count += _swap(attn, "out_proj", per_token=True, kind=kind)
     fuse = kind == "onednn" and type(ff.intermediate_dense) is nn.Linear and is_exact_gelu(ff.intermediate_act_fn)
     count += _swap(ff, "intermediate_dense", per_token=False, gelu=fuse, kind=kind)
@@ -239,11 +233,10 @@ def quantize_ar_block(blk: nn.Module, kind: str = "onednn", fuse_qkv: bool = Fal
     quantised per token. (The logits head is not a block and stays in the float dtype: it decides the bits.)
     `fuse_qkv` (fbgemm only): queries, keys and values as one GEMM (fused.py)."""
     shared = SharedInput() if kind == "onednn" else None  # queries, keys and values read the same tokens
-    qkv = ("query", "key", "value")
     count = 0
     if fuse_qkv and kind == "fbgemm":
-        count = fuse_siblings(blk.attn, qkv, partial(fbgemm_gemm, per_token=True))
-    count += sum(_swap(blk.attn, name, per_token=True, shared=shared, kind=kind) for name in qkv)
+        count = fuse_siblings(blk.attn, AR_QKV, partial(FbgemmInt8Linear.from_weight, per_token=True))
+    count += sum(_swap(blk.attn, name, per_token=True, shared=shared, kind=kind) for name in AR_QKV)
     count += _swap(blk.attn, "proj", per_token=True, kind=kind)
     count += _swap(blk.ffn, "0", per_token=True, kind=kind) + _swap(blk.ffn, "2", per_token=True, kind=kind)
     return count + _swap(blk.ada_lin, "1", per_token=True, kind=kind)

@@ -190,9 +190,9 @@ def cpu_plan(name: str, mode: str, f: CpuFeatures | None = None) -> Plan:
     if name not in CPU_PLANS:
         raise ValueError(f"unknown CPU plan {name!r}; use one of {', '.join(CPU_PLANS)}")
     # oneDNN's GELU post-op is faster than a separate GELU pass with AVX-512 and slower with AVX2 only (its erf
-    # there: 16.0 vs 12.4 ms for a 199 x 1024 -> 4096 GEMM + GELU, BENCHMARKS.md); the values are the same
-    # query/key/value as one stacked GEMM where measured faster (AVX2: oneDNN fp32 and fbgemm int8; not measured
-    # on AVX-512, so left off there); the same values
+    # there: 16.0 vs 12.4 ms for a 199 x 1024 -> 4096 GEMM + GELU, BENCHMARKS.md); the values are the same.
+    # Query/key/value as one stacked GEMM where measured faster (AVX2: oneDNN fp32 and fbgemm int8; not measured
+    # on AVX-512, so left off there); the same values.
     avx2 = name in ("avx2", "avx2-vnni")
     exact = Plan(name, "cpu", mode, pack=name != "generic", int8=None, dtype="float32", attention="sdpa",
                  gelu_post_op=name == "avx512", fuse_qkv=avx2)

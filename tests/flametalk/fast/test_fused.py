@@ -15,7 +15,7 @@ from flametalk.commands.reference import load_vector, model_from_vector
 from flametalk.decode.pipeline import generate_motion, prepare_for_inference
 from flametalk.fast import plan as plans
 from flametalk.fast.fused import FusedMember, FusedProjections, fuse_siblings
-from flametalk.fast.int8 import FbgemmInt8Linear, fbgemm_gemm
+from flametalk.fast.int8 import FbgemmInt8Linear
 from flametalk.fast.packed import PackedLinear
 from flametalk.fast.precision import apply_mode
 from torch import nn
@@ -37,8 +37,8 @@ def siblings(width: int = 96, seed: int = 0) -> nn.Module:
 
 FACTORIES = [  # the GEMM of a group, and of each separate layer it is compared with
     pytest.param(PackedLinear.from_weight, marks=needs_onednn, id="packed"),
-    pytest.param(partial(fbgemm_gemm, per_token=False), marks=needs_fbgemm, id="fbgemm"),
-    pytest.param(partial(fbgemm_gemm, per_token=True), marks=needs_fbgemm, id="fbgemm-per-token"),
+    pytest.param(partial(FbgemmInt8Linear.from_weight, per_token=False), marks=needs_fbgemm, id="fbgemm"),
+    pytest.param(partial(FbgemmInt8Linear.from_weight, per_token=True), marks=needs_fbgemm, id="fbgemm-per-token"),
 ]
 
 
@@ -66,8 +66,8 @@ def test_each_member_equals_its_separate_layer_bit_for_bit(make, rows):
 @needs_fbgemm
 def test_one_gemm_per_input_and_a_new_input_or_a_lone_member_recomputes():
     parent = siblings()
-    want = separate(parent, partial(fbgemm_gemm, per_token=True))
-    fuse_siblings(parent, QKV, partial(fbgemm_gemm, per_token=True))
+    want = separate(parent, partial(FbgemmInt8Linear.from_weight, per_token=True))
+    fuse_siblings(parent, QKV, partial(FbgemmInt8Linear.from_weight, per_token=True))
     group: FusedProjections = parent.query.group
     calls = []
     group.gemm.register_forward_hook(lambda *_: calls.append(1))
@@ -86,11 +86,11 @@ def test_one_gemm_per_input_and_a_new_input_or_a_lone_member_recomputes():
 def test_mixed_or_mismatched_siblings_are_left_alone():
     parent = siblings()
     parent.key = FbgemmInt8Linear(parent.key)
-    assert fuse_siblings(parent, QKV, partial(fbgemm_gemm, per_token=False)) == 0
+    assert fuse_siblings(parent, QKV, partial(FbgemmInt8Linear.from_weight, per_token=False)) == 0
     assert type(parent.query) is nn.Linear and isinstance(parent.key, FbgemmInt8Linear)
     parent = siblings()
     parent.value = nn.Linear(48, 96)
-    assert fuse_siblings(parent, QKV, partial(fbgemm_gemm, per_token=False)) == 0
+    assert fuse_siblings(parent, QKV, partial(FbgemmInt8Linear.from_weight, per_token=False)) == 0
     assert all(type(getattr(parent, n)) is nn.Linear for n in QKV)
 
 
